@@ -1,0 +1,121 @@
+"""The Generator protocol: one way for the rest of the package to talk to any generator.
+
+A Generator owns a stock ``nn.Module`` (never rewritten: keys and values come from hooks) and knows
+its latent shape, how to draw deterministic latents for seeds, how to render latents to images in
+[-1, 1], which layers are editable, and how to collect a layer's key statistics with a cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from olam_edit import SecondMoment, collect_stats, get_handle, list_layers, preview
+from olam_edit.edit import Edit
+from olam_edit.errors import RequestError, explain
+from olam_edit.handles import LayerHandle
+
+STATS_SEED = 1  # the reference collects C over latents drawn from seed 1
+
+
+def default_cache_dir() -> Path:
+    """Where statistics are cached: ``$OLAM_EDIT_CACHE`` or ``~/.cache/olam_edit``."""
+    return Path(os.environ.get("OLAM_EDIT_CACHE", Path.home() / ".cache" / "olam_edit"))
+
+
+def check_seeds(seeds: Sequence[Any]) -> list[int]:
+    """Seeds must be non-negative integers (bools and floats are refused)."""
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise RequestError(explain("seeds must be non-negative integers", got=bad[:5],
+                                   fix="Use whole numbers like 0, 1, 2."))
+    return list(seeds)
+
+
+class Generator:
+    """Base class: subclasses implement :meth:`sample_latent` and may override :meth:`render`."""
+
+    def __init__(self, model: nn.Module, *, name: str, revision: str | None = None,
+                 license: str | None = None) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.revision = revision
+        self.license = license
+
+    # -- latents and images ----------------------------------------------------------------------
+    def sample_latent(self, gen: torch.Generator) -> Tensor:
+        """One latent (without batch axis) from a seeded CPU generator."""
+        raise NotImplementedError
+
+    def latents(self, seeds: Sequence[int]) -> Tensor:
+        """Latents for ``seeds`` (``[len(seeds), *latent_shape]``), the same on every machine."""
+        z = [self.sample_latent(torch.Generator().manual_seed(s)) for s in check_seeds(seeds)]
+        return torch.stack(z).to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def render(self, z: Tensor, edit: Edit | None = None, scale: float = 1.0) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [-1, 1] for latents ``z``; with ``edit``, a non-mutating preview."""
+        with torch.no_grad():
+            return preview(self.model, edit, z, scale=scale).clamp(-1, 1)
+
+    def images(self, seeds: Sequence[int], edit: Edit | None = None, scale: float = 1.0,
+               batch_size: int = 16) -> Tensor:
+        """Render seeds in batches."""
+        out = [self.render(self.latents(seeds[i : i + batch_size]), edit, scale)
+               for i in range(0, len(seeds), batch_size)]
+        return torch.cat(out)
+
+    # -- layers ----------------------------------------------------------------------------------
+    def layers(self) -> list[str]:
+        """Names of the editable layers."""
+        return list_layers(self.model)
+
+    def handle(self, layer: str) -> LayerHandle:
+        return get_handle(self.model, layer)
+
+    def keys_and_values(self, layer: str, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The layer's key map and value map (its linear output) for latents ``z``."""
+        h = self.handle(layer)
+        with h.capture_input() as cap, torch.no_grad():
+            self.model(z)
+        x = cap.inputs[0]
+        return x, h.values_of(x)
+
+    # -- statistics ------------------------------------------------------------------------------
+    def stats(self, layer: str, *, samples: int = 1000, batch_size: int = 25, seed: int = STATS_SEED,
+              cache_dir: str | Path | None = None, progress: bool = True) -> SecondMoment:
+        """C = E[k k^T] of ``layer`` over ``samples`` latents from ``seed`` (cached on disk)."""
+        first = seed * 1_000_003
+        batches = _LatentBatches(self, first, samples, batch_size)
+        sampler = {"generator": self.name, "seed": seed, "samples": samples, "batch_size": batch_size,
+                   **self.sampler_settings()}
+        cache = default_cache_dir() / "stats" if cache_dir is None else Path(cache_dir)
+        return collect_stats(self.model, [layer], batches, sampler=sampler, cache_dir=cache,
+                             progress=progress)[layer]
+
+    def sampler_settings(self) -> dict[str, Any]:
+        """Extra settings that change the latent distribution (truncation, noise mode...)."""
+        return {}
+
+
+class _LatentBatches:
+    """An indexable sequence of latent batches for consecutive seeds (made on demand)."""
+
+    def __init__(self, gen: Generator, first: int, samples: int, batch_size: int) -> None:
+        self.gen, self.first, self.samples, self.bs = gen, first, samples, batch_size
+
+    def __len__(self) -> int:
+        return -(-self.samples // self.bs)
+
+    def __getitem__(self, i: int) -> Tensor:
+        start = self.first + i * self.bs
+        stop = min(self.first + self.samples, start + self.bs)
+        return self.gen.latents(range(start, stop))

@@ -1,0 +1,39 @@
+"""olam-edit: rewrite one rule inside a pretrained generative model (Bau et al., ECCV 2020).
+
+The core is framework-agnostic: it imports torch, numpy, safetensors and huggingface_hub only.
+Model families live in :mod:`olam_edit.adapters`.
+"""
+
+from ._version import __version__
+from .apply import apply_edit, edited, edited_parameters, preview, revert_edit
+from .collect import collect_stats, stats_fingerprint
+from .delta import Delta
+from .directions import context_directions, single_key_direction
+from .edit import Edit
+from .handles import LayerHandle, get_handle, list_layers
+from .solve import Problem, SolveReport, erase_delta, rewrite_layer, solve_lambda
+from .stats import SecondMoment
+
+__all__ = [
+    "Delta",
+    "Edit",
+    "LayerHandle",
+    "Problem",
+    "SecondMoment",
+    "SolveReport",
+    "__version__",
+    "apply_edit",
+    "collect_stats",
+    "context_directions",
+    "edited",
+    "edited_parameters",
+    "erase_delta",
+    "get_handle",
+    "list_layers",
+    "preview",
+    "revert_edit",
+    "rewrite_layer",
+    "single_key_direction",
+    "solve_lambda",
+    "stats_fingerprint",
+]
