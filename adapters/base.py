@@ -55,11 +55,16 @@ class Generator:
     def latents(self, seeds: Sequence[int]) -> Tensor:
         """Latents for ``seeds`` (``[len(seeds), *latent_shape]``), the same on every machine."""
         z = [self.sample_latent(torch.Generator().manual_seed(s)) for s in check_seeds(seeds)]
-        return torch.stack(z).to(self.device)
+        return torch.stack(z).to(self.device, self.dtype)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype latents are cast to (that of the model's first floating parameter)."""
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
 
     def render(self, z: Tensor, edit: Edit | None = None, scale: float = 1.0) -> Tensor:
         """Images ``[B, 3, H, W]`` in [-1, 1] for latents ``z``; with ``edit``, a non-mutating preview."""

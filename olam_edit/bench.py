@@ -100,13 +100,14 @@ def _solve_problem(channels: int = 512, size: int = 32, crop: int = 8) -> tuple[
     return Problem(h, x, v_star), D, C
 
 
-def bench_solve(repeats: int = 3, reference_steps: int = 2001, smoothness: float = 1.0) -> dict[str, float]:
+def bench_solve(repeats: int = 3, reference_steps: int = 2001, smoothness: float = 1.0, channels: int = 512,
+                adam_steps: int = 3000) -> dict[str, float]:
     """Closed form vs the reference's 2001 Adam steps (time), and vs Adam on the same objective (value)."""
-    problem, D, C = _solve_problem()
+    problem, D, C = _solve_problem(channels)
     t_closed = _median_time(lambda: solve_lambda(problem, D, C, smoothness), repeats)
     t_ref = _median_time(lambda: fit_reference(problem, D, steps=reference_steps), 1)
     lam = solve_lambda(problem, D, C, smoothness)
-    lam_adam = fit_adam_objective(problem, D, C, smoothness, steps=3000, lr=0.02)
+    lam_adam = fit_adam_objective(problem, D, C, smoothness, steps=adam_steps, lr=0.02)
     obj_closed = objective(problem, lam, D, C, smoothness)
     obj_adam = objective(problem, lam_adam, D, C, smoothness)
     return {"solve_time_ratio": t_closed / t_ref, "closed_form_s": t_closed, "reference_s": t_ref,
@@ -132,7 +133,10 @@ def run_bench(quick: bool = False) -> dict[str, float]:
     results: dict[str, float] = {}
     results.update(bench_stats_overhead(reps, samples=50 if quick else 200))
     results.update(bench_accumulate(reps, rows=8192 if quick else 131072))
-    results.update(bench_solve(reps, reference_steps=21 if quick else 2001))
+    if quick:
+        results.update(bench_solve(reps, reference_steps=21, channels=32, adam_steps=300))
+    else:
+        results.update(bench_solve(reps))
     results.update(bench_size())
     return results
 

@@ -45,7 +45,7 @@ class Problem:
         self.x = self.x.to(torch.float64)
         self.v_star = self.v_star.to(torch.float64)
         if self.w0 is None:
-            self.w0 = self.handle.effective_weight().detach().to(torch.float64)
+            self.w0 = self.handle.effective_weight().detach().clone().to(torch.float64)
         v0 = self.handle.linear_op(self.x, self.w0)
         if v0.shape != self.v_star.shape:
             raise ShapeMismatchError(explain("target values do not match the layer's value map",
