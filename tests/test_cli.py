@@ -1,0 +1,88 @@
+"""The olam-edit command line, run as a user would (a subprocess of the installed console script)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import olam_edit as oe
+from olam_edit.request import EditRequest, Selection
+
+_beside = Path(sys.executable).parent / "olam-edit"
+EXE = str(_beside) if _beside.exists() else shutil.which("olam-edit")
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    assert EXE, "the olam-edit console script is not installed (pip install -e .)"
+    return subprocess.run([EXE, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_help_lists_the_commands() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for name in ("stats", "bench", "example", "rewrite", "apply"):
+        assert name in out.stdout
+
+
+def test_stats_reports_and_caches(tmp_path) -> None:
+    args = ("stats", "--layer", "main.6", "--samples", "50", "--cache-dir", str(tmp_path),
+            "--out", str(tmp_path / "c.st"))
+    first = run(*args)
+    assert first.returncode == 0, first.stderr
+    assert "3200 keys of dimension 256" in first.stdout  # 50 samples x 8 x 8 keys
+    assert oe.SecondMoment.load(tmp_path / "c.st").count == 3200
+    again = run(*args)
+    assert "collecting" not in again.stderr  # served from the cache, no progress bar
+
+
+def test_wrong_layer_is_a_clear_error() -> None:
+    out = run("stats", "--layer", "main.66", "--samples", "10")
+    assert out.returncode == 2
+    assert "main.6" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bench_quick_json_last_line() -> None:
+    out = run("bench", "--quick", "--json")
+    assert out.returncode == 0, out.stderr
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(last) == {"stats_overhead", "accumulate_ratio", "solve_time_ratio", "solve_objective_ratio",
+                         "size_ratio"}
+    assert all(v > 0 for v in last.values())
+
+
+def _face_request(path) -> None:
+    eyes = np.zeros((64, 64))
+    eyes[18:30, 10:54] = 1
+    EditRequest(layer="main.6", copy=Selection(4, eyes), paste=Selection(1, eyes),
+                context=[Selection(7, eyes)], name="t").save(path)
+
+
+def test_rewrite_then_apply(tmp_path) -> None:
+    _face_request(tmp_path / "r.json")
+    out = run("rewrite", str(tmp_path / "r.json"), "--out", str(tmp_path / "edit"), "--samples", "50")
+    assert out.returncode == 0, out.stderr
+    assert "||dW||/||W||" in out.stdout
+    edit = oe.Edit.load(tmp_path / "edit")
+    assert edit.layers == ["main.6"] and edit.manifest["base_model"]["id"] == "olam-edit/face-dcgan64"
+    out = run("apply", str(tmp_path / "edit"), "--seeds", "0-3", "--grid", str(tmp_path / "g.png"), "--scale", "0.5")
+    assert out.returncode == 0, out.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.size[0] > 4 * 128 and im.size[1] >= 2 * 128
+
+
+BAD = [["apply", "/nonexistent", "--grid", "x.png"], ["rewrite", "/nonexistent.json", "--out", "o"]]
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_bad_paths_are_clear_errors(tmp_path, bad) -> None:
+    out = run(*bad, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x.png").exists()
