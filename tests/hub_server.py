@@ -1,0 +1,1348 @@
+"""An in-memory, Hugging Face Hub-compatible HTTP server for tests.
+
+``FakeHub`` serves the subset of the Hub HTTP API that ``huggingface_hub`` (pinned 2.4.0) uses to
+create repos, commit files and download them again, on ``127.0.0.1`` and a free port, from a
+background thread. It uses only the standard library and keeps everything in memory.
+
+Typical use with the real client::
+
+    def test_roundtrip(fake_hub, tmp_path):
+        api = HfApi(endpoint=fake_hub.endpoint, token=fake_hub.token)
+        api.create_repo("test-user/demo")
+        api.upload_folder(folder_path=tmp_path / "out", repo_id="test-user/demo")
+        path = hf_hub_download("test-user/demo", "delta.safetensors", endpoint=fake_hub.endpoint,
+                               cache_dir=tmp_path / "cache")
+
+What it models:
+
+* repos of type model, dataset and space, each holding commits (full file snapshots), branches,
+  tags and pull requests (``refs/pr/N``);
+* ``preupload`` answers ``uploadMode: "regular"`` for every file, so file bytes always travel
+  base64-inline in the NDJSON commit body: no LFS or Xet transfer ever happens;
+* the error headers (``X-Error-Code``/``X-Error-Message``) that the client maps to
+  ``RepositoryNotFoundError``, ``RevisionNotFoundError`` and ``RemoteEntryNotFoundError``;
+* bearer-token auth for every write; an invalid token is refused on every request;
+* a request log (``FakeHub.requests``) and fault injection (``FakeHub.fail_next``).
+
+Not modelled: LFS/Xet uploads, Hub-side size limits and YAML validation, namespace permissions,
+rate limits, gated repos, ``paths-info``, file copies between repos.
+
+Importing this module has no side effects: the server starts only when asked to. Register the
+fixtures with ``pytest_plugins = ["hub_server"]`` (tests/ must be on ``sys.path``, as with pytest's
+default ``prepend`` import mode). The module holds no ``assert``, hence PYTEST_DONT_REWRITE: pytest
+need not (and, once a test module imported it, cannot) rewrite it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import importlib
+import json
+import re
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+import pytest
+
+DEFAULT_TOKEN = "hf_test_token"
+DEFAULT_USER = "test-user"
+HOST = "127.0.0.1"
+MAX_BODY_BYTES = 256 * 1024 * 1024
+DEFAULT_TREE_PAGE_SIZE = 1000
+
+REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+DROP_KINDS = ("drop", "drop_after")
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_OID_RE = re.compile(r"[0-9a-f]{40}")
+_PR_REF_RE = re.compile(r"refs/pr/(\d+)")
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+
+INITIAL_GITATTRIBUTES = (
+    b"*.bin filter=lfs diff=lfs merge=lfs -text\n"
+    b"*.pt filter=lfs diff=lfs merge=lfs -text\n"
+    b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+class HubError(Exception):
+    """An error answered to the client as a JSON body plus the Hub's ``X-Error-*`` headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        **headers: str,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.body = dict(body or {})  # extra JSON fields next to "error"
+        self.headers = dict(headers)
+
+
+def git_blob_oid(data: bytes) -> str:
+    """Return the git object id of ``data`` stored as a blob (what ``git hash-object`` prints)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _now_iso() -> str:
+    """Return the current UTC time in the Hub's date format (``2024-01-31T12:00:00.000Z``)."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def _not_found(message: str, code: str, **headers: str) -> HubError:
+    """Build a 404 carrying the ``X-Error-Code`` the client maps to an exception class."""
+    return HubError(404, message, code, **headers)
+
+
+def check_repo_path(path: Any, *, folder: bool = False) -> str:
+    """Validate a path inside a repo: relative, ``/``-separated, no ``.``/``..``/empty parts, no ``.git``.
+
+    A folder path may end with one ``/``, which is stripped. Raises a 400 ``HubError`` otherwise.
+    """
+    if not isinstance(path, str) or not path:
+        raise HubError(400, f"Invalid path: {path!r}")
+    if folder and path.endswith("/"):
+        path = path[:-1]
+    parts = path.split("/")
+    bad_part = any(part in ("", ".", "..") for part in parts)
+    if path.startswith("/") or "\\" in path or "\0" in path or bad_part or parts[0] == ".git":
+        raise HubError(400, f"Invalid path in repo: {path!r}")
+    return path
+
+
+def _parent_dirs(path: str) -> Iterator[str]:
+    """Yield ``a`` and ``a/b`` for ``a/b/c``."""
+    parts = path.split("/")
+    for index in range(1, len(parts)):
+        yield "/".join(parts[:index])
+
+
+def _tree_oid(files: Mapping[str, bytes], folder: str) -> str:
+    """Return a stable pseudo git tree id for ``folder`` (changes whenever a file below it changes)."""
+    prefix = f"{folder}/"
+    digest = hashlib.sha1(b"tree\0")
+    for path in sorted(p for p in files if p.startswith(prefix)):
+        digest.update(f"{path}\0{git_blob_oid(files[path])}\n".encode())
+    return digest.hexdigest()
+
+
+def _is_true(value: str | None) -> bool:
+    """Parse a boolean query parameter as the Hub does (``1``/``true``)."""
+    return value is not None and value.lower() in ("1", "true")
+
+
+# ----------------------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One commit: metadata plus the full snapshot of the repo's files after it."""
+
+    oid: str
+    parent: str | None
+    title: str
+    description: str
+    author: str
+    date: str
+    files: Mapping[str, bytes]
+
+
+@dataclass
+class Discussion:
+    """A discussion or pull request. A pull request owns the ref ``refs/pr/<num>``."""
+
+    num: int
+    title: str
+    description: str
+    author: str
+    is_pull_request: bool
+    created_at: str
+    base_ref: str = "refs/heads/main"
+    status: str = "draft"
+
+
+@dataclass
+class Repo:
+    """An in-memory repository."""
+
+    repo_type: str
+    repo_id: str
+    private: bool
+    created_at: str
+    commits: dict[str, Commit] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    pr_heads: dict[int, str] = field(default_factory=dict)
+    discussions: dict[int, Discussion] = field(default_factory=dict)
+
+    @property
+    def url_path(self) -> str:
+        """The repo's path in web URLs, e.g. ``datasets/user/name``."""
+        return URL_PREFIXES[self.repo_type] + self.repo_id
+
+    def target_of(self, revision: str) -> str | None:
+        """Return the commit oid a revision (oid, branch, tag, ``refs/...``) points to, or None."""
+        if revision in self.commits:
+            return revision
+        branch = revision.removeprefix("refs/heads/")
+        if branch in self.branches:
+            return self.branches[branch]
+        tag = revision.removeprefix("refs/tags/")
+        if tag in self.tags:
+            return self.tags[tag]
+        match = _PR_REF_RE.fullmatch(revision)
+        return self.pr_heads.get(int(match.group(1))) if match else None
+
+    def resolve(self, revision: str) -> Commit:
+        """Return the commit for ``revision`` or raise the Hub's RevisionNotFound error."""
+        oid = self.target_of(revision)
+        if oid is None:
+            raise _not_found(f"Invalid rev id: {revision}", "RevisionNotFound")
+        return self.commits[oid]
+
+    def history(self, revision: str) -> list[Commit]:
+        """Return the commits reachable from ``revision``, newest first."""
+        commits = [self.resolve(revision)]
+        while commits[-1].parent is not None:
+            commits.append(self.commits[commits[-1].parent])
+        return commits
+
+    def state(self) -> dict[str, Any]:
+        """Return a plain, comparable summary of every ref and commit."""
+        return {
+            "private": self.private,
+            "branches": dict(self.branches),
+            "tags": dict(self.tags),
+            "pull_requests": dict(self.pr_heads),
+            "discussions": sorted(self.discussions),
+            "commits": sorted(self.commits),
+        }
+
+
+@dataclass
+class RequestRecord:
+    """One request the server received. ``status`` is None when the connection was dropped."""
+
+    method: str
+    path: str
+    query: str
+    status: int | None
+    fault: str | None = None
+
+    def __str__(self) -> str:
+        query = f"?{self.query}" if self.query else ""
+        fault = f" [fault: {self.fault}]" if self.fault else ""
+        return f"{self.method} {self.path}{query} -> {self.status}{fault}"
+
+
+@dataclass
+class Fault:
+    """A pending injected failure. ``hits`` counts the requests it has already failed."""
+
+    kind: int | str
+    count: int
+    path_contains: str | None = None
+    method: str | None = None
+    hits: int = 0
+
+    @property
+    def remaining(self) -> int:
+        """How many more matching requests this fault will fail."""
+        return self.count - self.hits
+
+    def matches(self, method: str, path: str, raw_path: str) -> bool:
+        """Whether a request with this method and path is one this fault targets."""
+        if self.method is not None and self.method.upper() != method:
+            return False
+        return self.path_contains is None or self.path_contains in path or self.path_contains in raw_path
+
+
+@dataclass
+class _Request:
+    """A parsed incoming request."""
+
+    method: str
+    raw_path: str
+    segments: list[str]
+    query: dict[str, list[str]]
+    query_string: str
+    headers: Message
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        """The percent-decoded path, for logs and fault matching."""
+        return unquote(self.raw_path)
+
+    def param(self, name: str) -> str | None:
+        """Return the first value of query parameter ``name``."""
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def json(self) -> dict[str, Any]:
+        """Decode the body as a JSON object or raise a 400."""
+        try:
+            payload = json.loads(self.body or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise HubError(400, f"Body is not valid JSON: {error}") from error
+        if not isinstance(payload, dict):
+            raise HubError(400, "Body must be a JSON object")
+        return payload
+
+
+@dataclass
+class _Response:
+    """A response to send: status, headers and body."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json_response(payload: Any, status: int = 200, **headers: str) -> _Response:
+    """Serialize ``payload`` as a JSON response."""
+    body = json.dumps(payload).encode()
+    return _Response(status, body, {"Content-Type": "application/json", **headers})
+
+
+def _error_response(error: HubError) -> _Response:
+    """Render a ``HubError`` the way the Hub does: JSON ``{"error": ...}`` plus ``X-Error-*`` headers."""
+    headers = {"X-Error-Message": error.message, **error.headers}
+    if error.code is not None:
+        headers["X-Error-Code"] = error.code
+    return _json_response({"error": error.message, **error.body}, error.status, **headers)
+
+
+# ----------------------------------------------------------------------------------- commit payloads
+
+
+@dataclass(frozen=True)
+class _Operation:
+    """One operation from an NDJSON commit body: ``file``, ``deletedFile`` or ``deletedFolder``."""
+
+    key: str
+    path: str
+    content: bytes = b""
+
+
+def parse_commit_payload(body: bytes) -> tuple[dict[str, Any], list[_Operation]]:
+    """Parse and validate an NDJSON commit body into its header and operations (400 if malformed)."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if not lines:
+        raise HubError(400, "Empty commit payload")
+    items = [_parse_ndjson_line(number, line) for number, line in enumerate(lines, start=1)]
+    if items[0]["key"] != "header":
+        raise HubError(400, "The first NDJSON line must be the commit header")
+    header = items[0]["value"]
+    summary = header.get("summary")
+    if not isinstance(summary, str) or not summary.strip():
+        raise HubError(400, "Commit header needs a non-empty 'summary'")
+    if not isinstance(header.get("description", ""), str):
+        raise HubError(400, "Commit 'description' must be a string")
+    parent = header.get("parentCommit")
+    if parent is not None and (not isinstance(parent, str) or not _OID_RE.fullmatch(parent)):
+        raise HubError(400, f"Invalid parentCommit: {parent!r}")
+    return header, [_parse_operation(item) for item in items[1:]]
+
+
+def _parse_ndjson_line(number: int, line: bytes) -> dict[str, Any]:
+    """Decode one NDJSON line into ``{"key": str, "value": dict}``."""
+    try:
+        item = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HubError(400, f"NDJSON line {number} is not valid JSON: {error}") from error
+    if not isinstance(item, dict) or set(item) != {"key", "value"} or not isinstance(item["value"], dict):
+        raise HubError(400, f"NDJSON line {number} must be an object with exactly 'key' and 'value'")
+    return item
+
+
+def _parse_operation(item: dict[str, Any]) -> _Operation:
+    """Validate one non-header NDJSON item and convert it to an ``_Operation``."""
+    key, value = item["key"], item["value"]
+    if key == "header":
+        raise HubError(400, "Only one commit header is allowed")
+    if key == "file":
+        if value.get("encoding") != "base64" or not isinstance(value.get("content"), str):
+            raise HubError(400, "A 'file' operation needs base64 'content' and encoding 'base64'")
+        try:
+            content = base64.b64decode(value["content"], validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise HubError(400, f"Invalid base64 content for {value.get('path')!r}") from error
+        return _Operation("file", check_repo_path(value.get("path")), content)
+    if key in ("deletedFile", "deletedFolder"):
+        return _Operation(key, check_repo_path(value.get("path"), folder=key == "deletedFolder"))
+    if key == "lfsFile":
+        raise HubError(400, "FakeHub does not store LFS files (preupload always answers 'regular')")
+    raise HubError(400, f"Unknown commit operation key: {key!r}")
+
+
+def apply_operations(files: Mapping[str, bytes], operations: Iterable[_Operation]) -> dict[str, bytes]:
+    """Return a new snapshot with ``operations`` applied to ``files``; ``files`` is left untouched."""
+    snapshot = dict(files)
+    for operation in operations:
+        if operation.key == "file":
+            _check_no_file_folder_clash(snapshot, operation.path)
+            snapshot[operation.path] = operation.content
+        elif operation.key == "deletedFile":
+            if operation.path not in snapshot:
+                raise _not_found(f"A file with this name doesn't exist: {operation.path}", "EntryNotFound")
+            del snapshot[operation.path]
+        else:
+            prefix = f"{operation.path}/"
+            doomed = [path for path in snapshot if path.startswith(prefix)]
+            if not doomed:
+                raise _not_found(f"A folder with this name doesn't exist: {operation.path}", "EntryNotFound")
+            for path in doomed:
+                del snapshot[path]
+    return snapshot
+
+
+def _check_no_file_folder_clash(files: Mapping[str, bytes], path: str) -> None:
+    """Refuse to add ``a/b`` when ``a`` is a file, or ``a`` when ``a/...`` files exist."""
+    clash = next((parent for parent in _parent_dirs(path) if parent in files), None)
+    if clash is None and any(existing.startswith(f"{path}/") for existing in files):
+        clash = path
+    if clash is not None:
+        raise HubError(409, f"Cannot add {path!r}: {clash!r} is both a file and a folder")
+
+
+# -------------------------------------------------------------------------------------- HTTP plumbing
+
+
+class _HubHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that knows its ``FakeHub`` and can close its open connections."""
+
+    daemon_threads = True
+
+    def __init__(self, hub: FakeHub) -> None:
+        super().__init__((HOST, 0), _HubRequestHandler)
+        self.hub = hub
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection and remember it so that ``close_connections`` can end it."""
+        conn, address = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # avoid 40 ms Nagle/delayed-ACK stalls
+        with self._open_lock:
+            self._open.add(conn)
+        return conn, address
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget a finished connection, then close it."""
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut down every open (e.g. keep-alive) connection so handler threads exit."""
+        with self._open_lock:
+            sockets = list(self._open)
+        for conn in sockets:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _HubRequestHandler(BaseHTTPRequestHandler):
+    """Turns HTTP requests into ``_Request`` objects for the ``FakeHub`` and writes the answers."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds an idle keep-alive connection may hold a thread
+    server: _HubHTTPServer
+
+    def do_GET(self) -> None:
+        """Serve GET."""
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        """Serve HEAD."""
+        self._handle()
+
+    def do_POST(self) -> None:
+        """Serve POST."""
+        self._handle()
+
+    def do_PUT(self) -> None:
+        """Serve PUT."""
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        """Serve DELETE."""
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: ``FakeHub.requests`` is the log."""
+
+    def _handle(self) -> None:
+        """Read, record, maybe fail, dispatch and answer one request."""
+        hub = self.server.hub
+        split = urlsplit(self.path)
+        try:
+            body = self._read_body()
+        except HubError as error:
+            self.close_connection = True
+            hub._record(self.command, unquote(split.path), split.query, error.status, None)
+            self._send(_error_response(error))
+            return
+        request = _Request(
+            method=self.command,
+            raw_path=split.path,
+            segments=[unquote(part) for part in split.path.strip("/").split("/")],
+            query=parse_qs(split.query, keep_blank_values=True),
+            query_string=split.query,
+            headers=self.headers,
+            body=body,
+        )
+        response, fault = hub._respond(request)
+        if response is None or fault == "drop_after":
+            self.close_connection = True  # close without answering
+            return
+        self._send(response)
+
+    def _read_body(self) -> bytes:
+        """Read the request body (Content-Length or chunked)."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._read_chunked()
+        length = self.headers.get("Content-Length")
+        if not length:
+            return b""
+        try:
+            size = int(length)
+        except ValueError as error:
+            raise HubError(400, f"Invalid Content-Length: {length!r}") from error
+        if size < 0 or size > MAX_BODY_BYTES:
+            raise HubError(413, "Request body too large")
+        return self.rfile.read(size)
+
+    def _read_chunked(self) -> bytes:
+        """Read a ``Transfer-Encoding: chunked`` body."""
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024).split(b";")[0].strip()
+            try:
+                size = int(line, 16)
+            except ValueError as error:
+                raise HubError(400, "Malformed chunked body") from error
+            if size == 0:
+                while self.rfile.readline(1024).strip():
+                    pass  # trailers
+                return b"".join(chunks)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise HubError(413, "Request body too large")
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(1024)
+
+    def _send(self, response: _Response) -> None:
+        """Write status, headers and (except for HEAD) the body."""
+        self.send_response(response.status)
+        headers = {"Content-Length": str(len(response.body)), **response.headers}
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD" and response.body:
+            self.wfile.write(response.body)
+
+
+# ------------------------------------------------------------------------------------------- FakeHub
+
+_Route = Callable[[_Request, str, str, list[str]], _Response]
+
+
+class FakeHub:
+    """An in-memory Hub served over HTTP on 127.0.0.1, driven by the real ``huggingface_hub`` client.
+
+    Args:
+        tokens: accepted bearer tokens, either ``{token: username}`` or an iterable of tokens (all
+            mapped to ``user``). Defaults to ``{"hf_test_token": "test-user"}``.
+        user: default username (the namespace of ``create_repo("name")`` without a namespace).
+        tree_page_size: entries per page of ``/tree`` listings (the client follows ``Link`` headers).
+        initial_gitattributes: start new repos with a ``.gitattributes`` commit, as the Hub does.
+
+    Use ``start()``/``stop()`` or ``with FakeHub() as hub:``. ``endpoint`` is the base URL to give the
+    client, ``token`` a valid token.
+    """
+
+    def __init__(
+        self,
+        tokens: Mapping[str, str] | Iterable[str] | None = None,
+        *,
+        user: str = DEFAULT_USER,
+        tree_page_size: int = DEFAULT_TREE_PAGE_SIZE,
+        initial_gitattributes: bool = True,
+    ) -> None:
+        if tokens is None:
+            tokens = {DEFAULT_TOKEN: user}
+        self.tokens: dict[str, str] = dict(tokens) if isinstance(tokens, Mapping) else dict.fromkeys(tokens, user)
+        self.user = user
+        self.tree_page_size = tree_page_size
+        self.initial_gitattributes = initial_gitattributes
+        self.requests: list[RequestRecord] = []
+        self.server_errors: list[str] = []  # tracebacks of FakeHub bugs (answered as HTTP 500)
+        self.repos: dict[tuple[str, str], Repo] = {}
+        self._faults: list[Fault] = []
+        self._lock = threading.RLock()
+        self._sequence = 0
+        self._server: _HubHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> FakeHub:
+        """Bind a free port on 127.0.0.1 and serve from a daemon thread. Returns ``self``."""
+        if self._server is not None:
+            raise RuntimeError("FakeHub is already running")
+        self._server = _HubHTTPServer(self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close open connections and release the port. Safe to call twice."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeHub:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on."""
+        if self._server is None:
+            raise RuntimeError("FakeHub is not running")
+        return self._server.server_address[1]
+
+    @property
+    def endpoint(self) -> str:
+        """Base URL for ``HfApi(endpoint=...)`` / ``hf_hub_download(endpoint=...)``."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def token(self) -> str:
+        """A token the server accepts (the first configured one)."""
+        return next(iter(self.tokens))
+
+    # ------------------------------------------------------------ test helpers
+
+    def fail_next(
+        self, kind: int | str, count: int = 1, path_contains: str | None = None, method: str | None = None
+    ) -> Fault:
+        """Fail the next ``count`` requests whose path contains ``path_contains`` (and method matches).
+
+        ``kind`` is an HTTP status (e.g. 500, 503, 401: answered with a JSON error body), ``"drop"``
+        (close the connection without answering; nothing is processed) or ``"drop_after"`` (process
+        the request, then close without answering: a lost response). Faults are checked in the order
+        they were added. The client retries some requests (5xx, dropped connections), so pass a
+        ``count`` larger than its retries to make a failure permanent. Returns the ``Fault``, whose
+        ``hits`` tells how many requests it failed.
+        """
+        if not (isinstance(kind, int) and 400 <= kind <= 599) and kind not in DROP_KINDS:
+            raise ValueError(f"kind must be an HTTP error status or one of {DROP_KINDS}, not {kind!r}")
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        fault = Fault(kind, count, path_contains, method)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Forget every pending fault."""
+        with self._lock:
+            self._faults.clear()
+
+    def calls(self, method: str | None = None, path_contains: str | None = None) -> list[RequestRecord]:
+        """Return the recorded requests, optionally filtered by method and path substring."""
+        with self._lock:
+            records = list(self.requests)
+        return [
+            record
+            for record in records
+            if (method is None or record.method == method.upper())
+            and (path_contains is None or path_contains in record.path)
+        ]
+
+    def request_log(self) -> str:
+        """The request log, one request per line (handy in assertion messages)."""
+        return "\n".join(str(record) for record in self.calls())
+
+    def state(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Return a plain snapshot of every repo's refs and commits, to compare before/after."""
+        with self._lock:
+            return {key: repo.state() for key, repo in self.repos.items()}
+
+    def repo(self, repo_id: str, repo_type: str = "model") -> Repo:
+        """Return the stored ``Repo`` (KeyError if missing). Treat it as read-only."""
+        return self.repos[(repo_type, repo_id)]
+
+    def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
+        """Return ``{path: bytes}`` of the repo at ``revision``."""
+        with self._lock:
+            return dict(self.repo(repo_id, repo_type).resolve(revision).files)
+
+    def head(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> str:
+        """Return the commit oid that ``revision`` points to."""
+        with self._lock:
+            return self.repo(repo_id, repo_type).resolve(revision).oid
+
+    def create_repo(self, repo_id: str, repo_type: str = "model", *, private: bool = False) -> Repo:
+        """Create a repo directly (no HTTP); it gets the initial commit like one made by the client."""
+        with self._lock:
+            return self._create_repo(repo_type, repo_id, private, self.user)
+
+    def commit_files(
+        self,
+        repo_id: str,
+        add: Mapping[str, bytes] | None = None,
+        delete: Iterable[str] = (),
+        *,
+        message: str = "Seed files",
+        branch: str = "main",
+        repo_type: str = "model",
+    ) -> str:
+        """Commit files directly (no HTTP), creating the repo if needed. Returns the new commit oid."""
+        operations = [_Operation("file", check_repo_path(path), data) for path, data in (add or {}).items()]
+        operations += [_Operation("deletedFile", check_repo_path(path)) for path in delete]
+        with self._lock:
+            repo = self.repos.get((repo_type, repo_id)) or self._create_repo(repo_type, repo_id, False, self.user)
+            parent = repo.resolve(branch)
+            commit = self._new_commit(repo, parent, apply_operations(parent.files, operations), message)
+            repo.branches[branch] = commit.oid
+            return commit.oid
+
+    # ------------------------------------------------------------ request flow
+
+    def _record(self, method: str, path: str, query: str, status: int | None, fault: str | None) -> None:
+        """Append a request to the log."""
+        with self._lock:
+            self.requests.append(RequestRecord(method, path, query, status, fault))
+
+    def _take_fault(self, request: _Request) -> Fault | None:
+        """Return (and consume one use of) the first pending fault matching ``request``."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(request.method, request.path, request.raw_path):
+                    fault.hits += 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _respond(self, request: _Request) -> tuple[_Response | None, str | None]:
+        """Answer a request, honouring injected faults. A ``None`` response means: drop the connection."""
+        fault = self._take_fault(request)
+        fault_name = None if fault is None else str(fault.kind)
+        if fault is not None and fault.kind == "drop":
+            self._record(request.method, request.path, request.query_string, None, fault_name)
+            return None, fault_name
+        if fault is not None and isinstance(fault.kind, int):
+            error = HubError(fault.kind, f"Injected fault: HTTP {fault.kind}")
+            response = _error_response(error)
+        else:
+            response = self._dispatch_safely(request)
+        status = None if fault_name == "drop_after" else response.status
+        self._record(request.method, request.path, request.query_string, status, fault_name)
+        return response, fault_name
+
+    def _dispatch_safely(self, request: _Request) -> _Response:
+        """Dispatch under the store lock, turning ``HubError`` (and bugs) into error responses."""
+        try:
+            with self._lock:
+                return self._dispatch(request)
+        except HubError as error:
+            return _error_response(error)
+        except Exception as error:  # a FakeHub bug: answer 500 rather than hang the client
+            self.server_errors.append(traceback.format_exc())
+            return _error_response(HubError(500, f"FakeHub internal error: {error!r}"))
+
+    def _dispatch(self, request: _Request) -> _Response:
+        """Route a request to its handler."""
+        segments = request.segments
+        if segments[:1] == ["api"]:
+            return self._dispatch_api(request, segments[1:])
+        return self._resolve_file(request, segments)
+
+    def _dispatch_api(self, request: _Request, segments: list[str]) -> _Response:
+        """Route ``/api/...`` requests."""
+        global_routes: dict[tuple[str, str], Callable[[_Request], _Response]] = {
+            ("POST", "repos/create"): self._api_create_repo,
+            ("DELETE", "repos/delete"): self._api_delete_repo,
+            ("POST", "validate-yaml"): self._api_validate_yaml,
+            ("GET", "whoami-v2"): self._api_whoami,
+        }
+        route = global_routes.get((request.method, "/".join(segments)))
+        if route is not None:
+            return route(request)
+        if len(segments) >= 3 and segments[0] in REPO_TYPES:
+            repo_id = f"{segments[1]}/{segments[2]}"
+            return self._dispatch_repo(request, REPO_TYPES[segments[0]], repo_id, segments[3:])
+        raise HubError(404, f"Not found: {request.method} {request.path}")
+
+    def _dispatch_repo(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """Route ``/api/{type}s/{namespace}/{name}/...`` requests."""
+        routes: dict[tuple[str, str], _Route] = {
+            ("GET", ""): self._api_repo_info,
+            ("GET", "revision"): self._api_repo_info,
+            ("GET", "tree"): self._api_tree,
+            ("GET", "refs"): self._api_refs,
+            ("GET", "commits"): self._api_commits,
+            ("POST", "preupload"): self._api_preupload,
+            ("POST", "commit"): self._api_commit,
+            ("POST", "branch"): self._api_create_branch,
+            ("DELETE", "branch"): self._api_delete_branch,
+            ("POST", "tag"): self._api_create_tag,
+            ("POST", "discussions"): self._api_create_discussion,
+            ("GET", "discussions"): self._api_discussion,
+        }
+        route = routes.get((request.method, rest[0] if rest else ""))
+        if route is None:
+            raise HubError(404, f"Not found: {request.method} {request.path}")
+        return route(request, repo_type, repo_id, rest[1:])
+
+    # ------------------------------------------------------------------ auth
+
+    def _user(self, request: _Request) -> str | None:
+        """Return the user behind the bearer token, None without one; 401 for an invalid token."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or token.strip() not in self.tokens:
+            raise HubError(401, "Invalid credentials in Authorization header")
+        return self.tokens[token.strip()]
+
+    def _require_user(self, request: _Request) -> str:
+        """Return the authenticated user or raise 401 (writes need a token)."""
+        user = self._user(request)
+        if user is None:
+            raise HubError(401, "You must be authenticated to perform this action (no Authorization header)")
+        return user
+
+    def _find_repo(self, request: _Request, repo_type: str, repo_id: str, *, write: bool = False) -> Repo:
+        """Look a repo up; missing or private-without-token answers RepoNotFound like the Hub."""
+        user = self._require_user(request) if write else self._user(request)
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None or (repo.private and user is None):
+            status = 401 if user is None else 404
+            raise HubError(status, "Repository not found", "RepoNotFound")
+        return repo
+
+    # ----------------------------------------------------------- repo lifecycle
+
+    def _create_repo(self, repo_type: str, repo_id: str, private: bool, author: str) -> Repo:
+        """Create and store a repo, with its initial commit on ``main``."""
+        repo = Repo(repo_type, repo_id, private, _now_iso())
+        if (repo_type, repo_id) in self.repos:  # create_repo(exist_ok=True) reads "url" from the 409 body
+            url = f"{self.endpoint}/{repo.url_path}"
+            raise HubError(409, f"You already created this {repo_type} repo", body={"url": url})
+        files = {".gitattributes": INITIAL_GITATTRIBUTES} if self.initial_gitattributes else {}
+        repo.branches["main"] = self._new_commit(repo, None, files, "initial commit", author=author).oid
+        self.repos[(repo_type, repo_id)] = repo
+        return repo
+
+    def _new_commit(
+        self,
+        repo: Repo,
+        parent: Commit | None,
+        files: Mapping[str, bytes],
+        title: str,
+        description: str = "",
+        author: str | None = None,
+    ) -> Commit:
+        """Store a new commit with a fresh 40-hex oid (refs are updated by the caller)."""
+        self._sequence += 1
+        digest = hashlib.sha1(f"commit {self._sequence}\0{repo.repo_id}\0{title}\0{description}\0".encode())
+        digest.update((parent.oid if parent else "").encode())
+        for path in sorted(files):
+            digest.update(f"\0{path}\0{git_blob_oid(files[path])}".encode())
+        commit = Commit(
+            oid=digest.hexdigest(),
+            parent=parent.oid if parent else None,
+            title=title,
+            description=description,
+            author=author or self.user,
+            date=_now_iso(),
+            files=dict(files),
+        )
+        repo.commits[commit.oid] = commit
+        return commit
+
+    def _api_create_repo(self, request: _Request) -> _Response:
+        """``POST /api/repos/create``: ``{"name", "organization", "type", "visibility"|"private"}``."""
+        user = self._require_user(request)
+        payload = request.json()
+        name, namespace = payload.get("name"), payload.get("organization") or user
+        repo_type = payload.get("type") or "model"
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.endswith((".git", ".")):
+            raise HubError(400, f"Invalid repo name: {name!r}")
+        if not isinstance(namespace, str) or not _NAME_RE.fullmatch(namespace):
+            raise HubError(400, f"Invalid namespace: {namespace!r}")
+        if repo_type not in URL_PREFIXES:
+            raise HubError(400, f"Invalid repo type: {repo_type!r}")
+        private = payload.get("visibility") == "private" or payload.get("private") is True
+        repo = self._create_repo(repo_type, f"{namespace}/{name}", private, user)
+        url = f"{self.endpoint}/{repo.url_path}"
+        return _json_response({"url": url, "name": repo.repo_id, "id": repo.repo_id})
+
+    def _api_delete_repo(self, request: _Request) -> _Response:
+        """``DELETE /api/repos/delete``: ``{"name", "organization", "type"}``."""
+        user = self._require_user(request)
+        payload = request.json()
+        repo_id = f"{payload.get('organization') or user}/{payload.get('name')}"
+        repo_type = payload.get("type") or "model"
+        if (repo_type, repo_id) not in self.repos:
+            raise HubError(404, "Repository not found", "RepoNotFound")
+        del self.repos[(repo_type, repo_id)]
+        return _json_response({})
+
+    def _api_validate_yaml(self, request: _Request) -> _Response:
+        """``POST /api/validate-yaml``: accepts any README content (no YAML validation)."""
+        payload = request.json()
+        if not isinstance(payload.get("content"), str):
+            raise HubError(400, "'content' must be a string")
+        return _json_response({"errors": [], "warnings": []})
+
+    def _api_whoami(self, request: _Request) -> _Response:
+        """``GET /api/whoami-v2``."""
+        user = self._require_user(request)
+        token = {"displayName": "fake-hub-token", "role": "write"}
+        return _json_response(
+            {"type": "user", "name": user, "fullname": user, "orgs": [], "auth": {"accessToken": token}}
+        )
+
+    # -------------------------------------------------------------- repo reads
+
+    def _api_repo_info(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``GET /api/{type}s/{id}[/revision/{rev}]``: repo info with ``sha`` and ``siblings``."""
+        repo = self._find_repo(request, repo_type, repo_id)
+        commit = repo.resolve("/".join(rest) if rest else "main")
+        blobs = _is_true(request.param("blobs"))
+        siblings = [
+            {"rfilename": path, **({"size": len(data), "blobId": git_blob_oid(data)} if blobs else {})}
+            for path, data in sorted(commit.files.items())
+        ]
+        info: dict[str, Any] = {
+            "_id": hashlib.md5(repo.url_path.encode()).hexdigest()[:24],
+            "id": repo_id,
+            "author": repo_id.split("/")[0],
+            "sha": commit.oid,
+            "lastModified": commit.date,
+            "createdAt": repo.created_at,
+            "private": repo.private,
+            "disabled": False,
+            "gated": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": siblings,
+        }
+        if repo_type == "model":
+            info["modelId"] = repo_id
+        return _json_response(info)
+
+    def _api_tree(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``GET /api/{type}s/{id}/tree/{rev}[/{path}]``: paginated listing, ``Link: rel="next"``."""
+        repo = self._find_repo(request, repo_type, repo_id)
+        if not rest:
+            raise HubError(400, "Missing revision")
+        commit = repo.resolve(rest[0])
+        base = "/".join(rest[1:]).strip("/")
+        entries = _tree_entries(commit.files, base, _is_true(request.param("recursive")))
+        cursor = request.param("cursor") or "0"
+        if not cursor.isdigit():
+            raise HubError(400, f"Invalid cursor: {cursor!r}")
+        start = int(cursor)
+        page = entries[start : start + self.tree_page_size]
+        headers: dict[str, str] = {}
+        if start + self.tree_page_size < len(entries):
+            query = {key: values[0] for key, values in request.query.items() if key != "cursor"}
+            query["cursor"] = str(start + self.tree_page_size)
+            headers["Link"] = f'<{self.endpoint}{request.raw_path}?{urlencode(query)}>; rel="next"'
+        return _json_response(page, **headers)
+
+    def _api_refs(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``GET /api/{type}s/{id}/refs[?include_prs=1]``."""
+        repo = self._find_repo(request, repo_type, repo_id)
+
+        def refs(prefix: str, targets: Mapping[str, str]) -> list[dict[str, str]]:
+            return [
+                {"name": name, "ref": f"{prefix}{name}", "targetCommit": oid} for name, oid in sorted(targets.items())
+            ]
+
+        payload: dict[str, Any] = {
+            "branches": refs("refs/heads/", repo.branches),
+            "tags": refs("refs/tags/", repo.tags),
+            "converts": [],
+        }
+        if _is_true(request.param("include_prs")):
+            prs = {f"refs/pr/{num}": oid for num, oid in repo.pr_heads.items()}
+            payload["pullRequests"] = refs("", prs)
+        return _json_response(payload)
+
+    def _api_commits(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``GET /api/{type}s/{id}/commits/{rev}``: first-parent history, newest first, one page."""
+        repo = self._find_repo(request, repo_type, repo_id)
+        history = repo.history("/".join(rest) if rest else "main")
+        return _json_response(
+            [
+                {
+                    "id": commit.oid,
+                    "title": commit.title,
+                    "message": commit.description,
+                    "authors": [{"user": commit.author, "avatar": ""}],
+                    "date": commit.date,
+                }
+                for commit in history
+            ]
+        )
+
+    def _resolve_file(self, request: _Request, segments: list[str]) -> _Response:
+        """``HEAD|GET /[datasets/|spaces/]{id}/resolve/{rev}/{path}``: raw file with Hub headers."""
+        repo_type = "model"
+        if segments and segments[0] in ("datasets", "spaces"):
+            repo_type, segments = REPO_TYPES[segments[0]], segments[1:]
+        if request.method not in ("GET", "HEAD") or len(segments) < 5 or segments[2] != "resolve":
+            raise HubError(404, f"Not found: {request.method} {request.path}")
+        repo = self._find_repo(request, repo_type, f"{segments[0]}/{segments[1]}")
+        commit = repo.resolve(segments[3])
+        path = "/".join(segments[4:])
+        if path not in commit.files:
+            raise _not_found(f"Entry not found: {path}", "EntryNotFound", **{"X-Repo-Commit": commit.oid})
+        data = commit.files[path]
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "ETag": f'"{git_blob_oid(data)}"',
+            "X-Repo-Commit": commit.oid,
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
+            "Content-Length": str(len(data)),
+        }
+        range_header = request.headers.get("Range")
+        if range_header is None:
+            return _Response(200, b"" if request.method == "HEAD" else data, headers)
+        return _range_response(request, data, range_header, headers)
+
+    # ------------------------------------------------------------- repo writes
+
+    def _api_preupload(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``POST .../preupload/{rev}``: every file is "regular"; ``oid`` lets the client skip no-ops."""
+        repo = self._find_repo(request, repo_type, repo_id, write=True)
+        commit = repo.resolve("/".join(rest) if rest else "main")
+        files = request.json().get("files")
+        if not isinstance(files, list):
+            raise HubError(400, "'files' must be a list")
+        answer = []
+        for item in files:
+            if not isinstance(item, dict) or not isinstance(item.get("size"), int):
+                raise HubError(400, "Each file needs 'path', 'sample' and an integer 'size'")
+            if not isinstance(item.get("sample"), str):
+                raise HubError(400, "Each file needs a base64 'sample'")
+            path = check_repo_path(item.get("path"))
+            existing = commit.files.get(path)
+            oid = git_blob_oid(existing) if existing is not None else None
+            answer.append({"path": path, "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
+        return _json_response({"files": answer, "commitOid": commit.oid})
+
+    def _api_commit(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``POST .../commit/{rev}[?create_pr=1]``: NDJSON header + file/deletedFile/deletedFolder lines."""
+        user = self._require_user(request)
+        repo = self._find_repo(request, repo_type, repo_id, write=True)
+        if request.headers.get("Content-Type", "").split(";")[0].strip() != "application/x-ndjson":
+            raise HubError(400, "Commit body must be sent as application/x-ndjson")
+        revision = "/".join(rest) if rest else "main"
+        create_pr = _is_true(request.param("create_pr"))
+        target, parent = self._commit_target(repo, revision, create_pr)
+        header, operations = parse_commit_payload(request.body)
+        expected_parent = header.get("parentCommit")
+        if expected_parent is not None and expected_parent != parent.oid:
+            raise HubError(412, "A commit has happened since. Please refresh and try again.")
+        files = apply_operations(parent.files, operations)
+        commit = self._new_commit(repo, parent, files, header["summary"], header.get("description") or "", user)
+        pr_url = None
+        if create_pr:
+            discussion = self._open_discussion(repo, header["summary"], "", user, True, revision)
+            target = f"refs/pr/{discussion.num}"
+            pr_url = f"{self.endpoint}/{repo.url_path}/discussions/{discussion.num}"
+        self._move_ref(repo, target, commit.oid)
+        return _json_response(
+            {
+                "success": True,
+                "commitOid": commit.oid,
+                "commitUrl": f"{self.endpoint}/{repo.url_path}/commit/{commit.oid}",
+                "hookOutput": "",
+                "pullRequestUrl": pr_url,
+            }
+        )
+
+    def _commit_target(self, repo: Repo, revision: str, create_pr: bool) -> tuple[str, Commit]:
+        """Return the ref a commit will move and its current head; only branches and PR refs are writable."""
+        branch = revision.removeprefix("refs/heads/")
+        if branch in repo.branches:
+            return branch, repo.resolve(branch)
+        match = _PR_REF_RE.fullmatch(revision)
+        if match and int(match.group(1)) in repo.pr_heads and not create_pr:
+            return revision, repo.resolve(revision)
+        if repo.target_of(revision) is not None:
+            raise HubError(400, f"Cannot commit to {revision!r}: not a branch")
+        raise _not_found(f"Invalid rev id: {revision}", "RevisionNotFound")
+
+    def _move_ref(self, repo: Repo, ref: str, oid: str) -> None:
+        """Point a branch name or ``refs/pr/N`` at ``oid``."""
+        match = _PR_REF_RE.fullmatch(ref)
+        if match:
+            repo.pr_heads[int(match.group(1))] = oid
+        else:
+            repo.branches[ref] = oid
+
+    def _api_create_branch(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``POST .../branch/{name}`` with optional ``{"startingPoint": rev}``."""
+        repo = self._find_repo(request, repo_type, repo_id, write=True)
+        name = "/".join(rest)
+        if not name or name.startswith("refs/") or any(part in ("", ".", "..") for part in name.split("/")):
+            raise HubError(400, f"Invalid branch name: {name!r}")
+        if name in repo.branches:
+            raise HubError(409, f"Reference already exists: refs/heads/{name}")
+        starting_point = request.json().get("startingPoint") or "main"
+        if not isinstance(starting_point, str):
+            raise HubError(400, "'startingPoint' must be a revision string")
+        repo.branches[name] = repo.resolve(starting_point).oid
+        return _json_response({})
+
+    def _api_delete_branch(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``DELETE .../branch/{name}``."""
+        repo = self._find_repo(request, repo_type, repo_id, write=True)
+        name = "/".join(rest)
+        if name not in repo.branches:
+            raise _not_found(f"Invalid rev id: {name}", "RevisionNotFound")
+        if name == "main":
+            raise HubError(403, "Cannot delete the default branch")
+        del repo.branches[name]
+        return _json_response({})
+
+    def _api_create_tag(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``POST .../tag/{rev}`` with ``{"tag": name, "message"?}``."""
+        repo = self._find_repo(request, repo_type, repo_id, write=True)
+        commit = repo.resolve("/".join(rest) if rest else "main")
+        tag = request.json().get("tag")
+        if not isinstance(tag, str) or not tag or tag.startswith("refs/"):
+            raise HubError(400, f"Invalid tag name: {tag!r}")
+        if tag in repo.tags:
+            raise HubError(409, f"Tag already exists: {tag}")
+        repo.tags[tag] = commit.oid
+        return _json_response({})
+
+    def _api_create_discussion(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``POST .../discussions`` with ``{"title", "description", "pullRequest"}``."""
+        user = self._require_user(request)
+        repo = self._find_repo(request, repo_type, repo_id, write=True)
+        payload = request.json()
+        title = payload.get("title")
+        if not isinstance(title, str) or len(title.strip()) < 3:
+            raise HubError(400, "Title must be at least 3 characters long")
+        description = str(payload.get("description") or "")
+        discussion = self._open_discussion(repo, title, description, user, payload.get("pullRequest") is True)
+        url = f"{self.endpoint}/{repo.url_path}/discussions/{discussion.num}"
+        return _json_response({"num": discussion.num, "url": url, "pullRequest": discussion.is_pull_request})
+
+    def _open_discussion(
+        self, repo: Repo, title: str, description: str, author: str, is_pr: bool, base: str = "main"
+    ) -> Discussion:
+        """Store a discussion; a pull request gets ``refs/pr/N`` at the head of ``base``."""
+        num = max(repo.discussions, default=0) + 1
+        base_branch = base.removeprefix("refs/heads/")
+        discussion = Discussion(num, title, description, author, is_pr, _now_iso(), f"refs/heads/{base_branch}")
+        if is_pr:
+            repo.pr_heads[num] = repo.resolve(base_branch).oid
+        repo.discussions[num] = discussion
+        return discussion
+
+    def _api_discussion(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``GET .../discussions/{num}``: the details ``get_discussion_details`` parses."""
+        repo = self._find_repo(request, repo_type, repo_id)
+        if len(rest) != 1 or not rest[0].isdigit() or int(rest[0]) not in repo.discussions:
+            raise HubError(404, "Discussion not found")
+        discussion = repo.discussions[int(rest[0])]
+        details: dict[str, Any] = {
+            "num": discussion.num,
+            "title": discussion.title,
+            "status": discussion.status,
+            "author": {"name": discussion.author},
+            "createdAt": discussion.created_at,
+            "isPullRequest": discussion.is_pull_request,
+            "repo": {"name": repo.repo_id, "type": repo.repo_type},
+            "events": [],
+        }
+        if discussion.is_pull_request:
+            details["changes"] = {"base": discussion.base_ref}
+            details["filesWithConflicts"] = []
+        return _json_response(details)
+
+
+def _tree_entries(files: Mapping[str, bytes], base: str, recursive: bool) -> list[dict[str, Any]]:
+    """List the folders and files under ``base`` (direct children, or all descendants if recursive)."""
+    prefix = f"{base}/" if base else ""
+    below = [path for path in files if path.startswith(prefix)]
+    if base and not below:
+        raise _not_found(f"Entry not found: {base}", "EntryNotFound")
+    folders: set[str] = set()
+    listed: list[str] = []
+    for path in below:
+        relative = path[len(prefix) :]
+        if recursive:
+            folders.update(prefix + folder for folder in _parent_dirs(relative))
+            listed.append(path)
+        elif "/" in relative:
+            folders.add(prefix + relative.split("/", 1)[0])
+        else:
+            listed.append(path)
+    folder_entries = [
+        {"type": "directory", "oid": _tree_oid(files, folder), "size": 0, "path": folder} for folder in sorted(folders)
+    ]
+    file_entries = [
+        {"type": "file", "oid": git_blob_oid(files[path]), "size": len(files[path]), "path": path}
+        for path in sorted(listed)
+    ]
+    return folder_entries + file_entries
+
+
+def _range_response(request: _Request, data: bytes, range_header: str, headers: dict[str, str]) -> _Response:
+    """Answer a single ``Range: bytes=a-b`` request with 206, or 416 if it cannot be satisfied."""
+    match = _RANGE_RE.fullmatch(range_header.strip())
+    size = len(data)
+    if match is None or match.groups() == ("", ""):
+        raise HubError(416, f"Unsupported range: {range_header}", **{"Content-Range": f"bytes */{size}"})
+    first, last = match.groups()
+    if first == "":
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise HubError(416, f"Unsatisfiable range: {range_header}", **{"Content-Range": f"bytes */{size}"})
+    part = data[start : end + 1]
+    headers = {**headers, "Content-Length": str(len(part)), "Content-Range": f"bytes {start}-{end}/{size}"}
+    return _Response(206, b"" if request.method == "HEAD" else part, headers)
+
+
+# ------------------------------------------------------------------------------------ pytest fixtures
+
+
+class _InstantSleep:
+    """Stand-in for the ``time`` module inside ``huggingface_hub.utils._http``: records retry sleeps."""
+
+    def __init__(self, sleeps: list[float]) -> None:
+        self.sleeps = sleeps
+
+    def sleep(self, seconds: float) -> None:
+        """Record the back-off delay instead of waiting."""
+        self.sleeps.append(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@dataclass
+class HfSandbox:
+    """Where the client's files go during a test, and the retry back-offs it asked for."""
+
+    home: Path
+    cache_dir: Path
+    retry_sleeps: list[float]
+
+
+@pytest.fixture
+def hf_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HfSandbox]:
+    """Isolate ``huggingface_hub`` for one test.
+
+    HF_HOME and every cache/token path point into ``tmp_path`` (the constants were frozen at
+    import, so they are patched too); no token is picked up implicitly; telemetry (which would
+    fetch ``{ENDPOINT}/api/agent-harnesses`` from huggingface.co) and progress bars are off; and
+    retry back-off sleeps are recorded instead of slept, so retried requests cost no time.
+    """
+    import huggingface_hub.constants as hf_constants
+    import huggingface_hub.utils._http as hf_http
+
+    hf_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the package re-exports a class as "tqdm"
+
+    home = tmp_path / "hf_home"
+    sandbox = HfSandbox(home=home, cache_dir=home / "hub", retry_sleeps=[])
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    paths = {
+        "HF_HOME": home,
+        "HF_HUB_CACHE": sandbox.cache_dir,
+        "HUGGINGFACE_HUB_CACHE": sandbox.cache_dir,
+        "HF_ASSETS_CACHE": home / "assets",
+        "HUGGINGFACE_ASSETS_CACHE": home / "assets",
+        "HF_XET_CACHE": home / "xet",
+        "HF_TOKEN_PATH": home / "token",
+        "HF_STORED_TOKENS_PATH": home / "stored_tokens",
+        "AGENT_HARNESSES_PATH": home / ".agent_harnesses.json",
+    }
+    for name, path in paths.items():
+        if hasattr(hf_constants, name):
+            monkeypatch.setattr(hf_constants, name, str(path))
+    for name in ("HF_HOME", "HF_HUB_CACHE", "HF_XET_CACHE"):  # read at call time by hf_xet and subprocesses
+        monkeypatch.setenv(name, str(paths[name]))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for name, value in {
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN": True,
+    }.items():
+        monkeypatch.setattr(hf_constants, name, value)
+    monkeypatch.setattr(hf_http, "time", _InstantSleep(sandbox.retry_sleeps))
+    monkeypatch.setattr(hf_tqdm, "progress_bar_states", {"_global": False})
+    yield sandbox
+    hf_http.close_session()  # drop pooled keep-alive connections to this test's server
+
+
+@pytest.fixture
+def fake_hub(hf_sandbox: HfSandbox) -> Iterator[FakeHub]:
+    """A started ``FakeHub`` (token ``hf_test_token`` for user ``test-user``), stopped after the test.
+
+    Depends on ``hf_sandbox``, so the client's caches live in ``tmp_path`` and retries are instant.
+    Fails the test if the server hit an internal error (see ``FakeHub.server_errors``).
+    """
+    hub = FakeHub().start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+    if hub.server_errors:
+        pytest.fail("FakeHub raised internally:\n" + "\n".join(hub.server_errors))
