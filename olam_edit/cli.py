@@ -87,15 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXTRA_COMMAND_MODULES: tuple[str, ...] = (".cli_rewrite",)
-
-
 def _load_more_commands() -> None:
-    """Subcommands defined in other modules register themselves on import."""
+    """Subcommands live in the modules ``olam_edit/cli_*.py`` and register themselves on import."""
     import importlib
+    import pkgutil
+    from pathlib import Path
 
-    for module in EXTRA_COMMAND_MODULES:
-        importlib.import_module(module, __package__)
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if info.name.startswith("cli_"):
+            importlib.import_module(f".{info.name}", __package__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
