@@ -219,7 +219,14 @@ def handle_for(name: str, module: nn.Module) -> LayerHandle:
 
 
 def is_editable(module: nn.Module) -> bool:
-    return hasattr(module, "olam_handle") or isinstance(module, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)
+    """Whether ``module`` has a handle (supported kind and settings)."""
+    if not (hasattr(module, "olam_handle") or isinstance(module, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)):
+        return False
+    try:
+        handle_for("", module)
+    except UnsupportedLayerError:
+        return False
+    return True
 
 
 def list_layers(model: nn.Module) -> list[str]:

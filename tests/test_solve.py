@@ -176,3 +176,42 @@ def test_conv_delta_response_matches_dense_weight_change() -> None:
         oe.get_handle(m, "0").linear_op(key_map("conv2d"), m[0].weight),
         F.conv2d(key_map("conv2d"), m[0].weight, padding=1),
     )
+
+
+def test_bad_solver_inputs_raise_specific_errors() -> None:
+    from olam_edit.errors import EmptySelectionError, NonFiniteError, SingularStatisticError
+
+    _, h, x, keys, C, D = _setup("conv2d")
+    w0 = h.effective_weight().detach()
+    v = h.linear_op(x, w0)
+    v[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="target"):
+        oe.Problem(h, x, v)
+    with pytest.raises(EmptySelectionError, match="too few keys"):
+        oe.context_directions(keys[:3], torch.zeros(3, dtype=torch.float64), C)
+    with pytest.raises(EmptySelectionError, match="at least 3"):
+        oe.context_directions(keys[:2], None, C, rank=3)
+    singular = torch.zeros(6, 6, dtype=torch.float64)
+    singular[0, 0] = 1
+    with pytest.raises(SingularStatisticError, match="ridge"):
+        oe.context_directions(keys[:3], None, singular, ridge=0.0)
+    with pytest.raises(oe.errors.ShapeMismatchError, match="do not fit"):
+        oe.context_directions(keys[:3, :4], None, C)
+    with pytest.raises(oe.errors.ShapeMismatchError, match="target values"):
+        oe.Problem(h, x, v[..., :2])
+
+
+def test_unsupported_layers_are_named() -> None:
+    from torch import nn
+
+    from olam_edit.errors import UnsupportedLayerError
+
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, padding_mode="reflect", padding=1),
+                          nn.BatchNorm2d(4))
+    with pytest.raises(UnsupportedLayerError, match=r"'0'.*groups=2"):
+        oe.get_handle(model, "0")
+    with pytest.raises(UnsupportedLayerError, match="padding_mode='reflect'"):
+        oe.get_handle(model, "1")
+    with pytest.raises(UnsupportedLayerError, match="BatchNorm2d"):
+        oe.get_handle(model, "2")
+    assert oe.list_layers(model) == []  # listed layers are the editable ones only
