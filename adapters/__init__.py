@@ -46,4 +46,6 @@ def _load_hub(repo_id: str, *, revision: str | None, device: str = "cpu", **kwar
     from huggingface_hub import snapshot_download
 
     folder = snapshot_download(repo_id, revision=revision)
+    kwargs.setdefault("name", repo_id)
+    kwargs.setdefault("revision", revision)
     return _load_local(Path(folder), device=device, **kwargs)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from olam_edit import SecondMoment, collect_stats, get_handle, list_layers, preview
+from olam_edit import SecondMoment, collect_stats, get_handle, list_layers, preview, stats_fingerprint
 from olam_edit.edit import Edit
 from olam_edit.errors import RequestError, explain
 from olam_edit.handles import LayerHandle
@@ -35,6 +35,10 @@ def check_seeds(seeds: Sequence[Any]) -> list[int]:
         raise RequestError(explain("seeds must be non-negative integers", got=bad[:5],
                                    fix="Use whole numbers like 0, 1, 2."))
     return list(seeds)
+
+
+class _StopAtLayer(Exception):
+    """Raised by a key hook to end a forward pass once the layer's input is known."""
 
 
 class Generator:
@@ -87,24 +91,54 @@ class Generator:
         return get_handle(self.model, layer)
 
     def keys_and_values(self, layer: str, z: Tensor) -> tuple[Tensor, Tensor]:
-        """The layer's key map and value map (its linear output) for latents ``z``."""
+        """The layer's key map and value map (its linear output) for latents ``z``.
+
+        The forward stops at the layer: nothing after it runs.
+        """
         h = self.handle(layer)
-        with h.capture_input() as cap, torch.no_grad():
-            self.model(z)
-        x = cap.inputs[0]
-        return x, h.values_of(x)
+        seen: list[Tensor] = []
+
+        def grab(x: Tensor) -> None:
+            seen.append(x)
+            raise _StopAtLayer
+
+        hook = h.register_key_hook(grab)
+        try:
+            with torch.no_grad():
+                self.model(z)
+        except _StopAtLayer:
+            pass
+        finally:
+            hook.remove()
+        with torch.no_grad():
+            return seen[0], h.values_of(seen[0])
 
     # -- statistics ------------------------------------------------------------------------------
     def stats(self, layer: str, *, samples: int = 1000, batch_size: int = 25, seed: int = STATS_SEED,
-              cache_dir: str | Path | None = None, progress: bool = True) -> SecondMoment:
-        """C = E[k k^T] of ``layer`` over ``samples`` latents from ``seed`` (cached on disk)."""
-        first = seed * 1_000_003
-        batches = _LatentBatches(self, first, samples, batch_size)
-        sampler = {"generator": self.name, "seed": seed, "samples": samples, "batch_size": batch_size,
-                   **self.sampler_settings()}
+              cache_dir: str | Path | None = None, progress: bool = True,
+              stats_repo: str | None = None) -> SecondMoment:
+        """C = E[k k^T] of ``layer`` over ``samples`` latents from ``seed`` (cached on disk).
+
+        With ``stats_repo`` (a Hub repo id), the statistics published there for exactly this model,
+        layer and sampler are downloaded instead of collected; statistics made for anything else are
+        refused (StaleStatisticsError).
+        """
+        batches, sampler = self._stats_batches(samples, batch_size, seed)
+        if stats_repo is not None:
+            from olam_edit.hub import pull_stats
+
+            fp = stats_fingerprint(self.model, layer, sampler, len(batches))
+            return pull_stats(stats_repo, layer, expect_fingerprint=fp)
         cache = default_cache_dir() / "stats" if cache_dir is None else Path(cache_dir)
         return collect_stats(self.model, [layer], batches, sampler=sampler, cache_dir=cache,
                              progress=progress)[layer]
+
+    def _stats_batches(self, samples: int, batch_size: int, seed: int) -> tuple[_LatentBatches, dict[str, Any]]:
+        """The latent batches statistics are collected over, and the sampler description they are keyed by."""
+        batches = _LatentBatches(self, seed * 1_000_003, samples, batch_size)
+        sampler = {"generator": self.name, "seed": seed, "samples": samples, "batch_size": batch_size,
+                   **self.sampler_settings()}
+        return batches, sampler
 
     def sampler_settings(self) -> dict[str, Any]:
         """Extra settings that change the latent distribution (truncation, noise mode...)."""

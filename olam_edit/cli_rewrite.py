@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .cli import command, parse_seeds
+from .directions import DEFAULT_RIDGE
 from .solve import DEFAULT_SMOOTHNESS
 
 HELDOUT_SEEDS = "1000-1015"
@@ -46,7 +47,8 @@ def cmd_example(args: argparse.Namespace) -> int:
     request, settings = load_example(args.name or names[0])
     print(f"example {request.name!r}: {request.description} (layer {request.layer}, rank {request.rank})")
     gen, t0 = load_default(), time.perf_counter()
-    rw = Rewriter(gen, request.layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS))
+    rw = Rewriter(gen, request.layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS),
+                  ridge=settings.get("ridge", DEFAULT_RIDGE))
     edit = rw.rewrite(request)
     _report(edit, time.perf_counter() - t0)
     out = Path(args.out)
@@ -89,7 +91,8 @@ cmd_rewrite.configure = _add_rewrite
 
 
 def _add_apply(p: argparse.ArgumentParser) -> None:
-    p.add_argument("edit", help="edit folder (or Hub id)")
+    p.add_argument("edit", help="edit folder, or the Hub repo id of a published edit")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of a Hub edit (default main)")
     p.add_argument("--model", default="default", help="generator: 'default', a path or a Hub id")
     p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-15"), help="seeds to render, e.g. 0-15")
     p.add_argument("--grid", required=True, help="before/after PNG to write")
@@ -104,7 +107,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .apply import apply_edit, revert_edit
     from .edit import Edit
 
-    edit, gen = Edit.load(args.edit), load_generator(args.model)
+    edit = Edit.from_pretrained(args.edit, revision=args.revision)  # a folder or a Hub id, verified
+    gen = load_generator(args.model)
     apply_edit(gen.model, edit, scale=args.scale, force=args.force)  # validates the base before rendering
     revert_edit(gen.model, edit)
     print(f"wrote {_before_after(gen, edit, args.seeds, Path(args.grid), args.scale)}")

@@ -64,8 +64,9 @@ def context_directions(keys: Tensor, weights: Tensor | None, C: Tensor, rank: in
         )
     L_chol = _cholesky(regularised(C.to(kw.device), ridge), ridge)
     Y = torch.linalg.solve_triangular(L_chol, kw.T, upper=False)  # [d, n'] = L^-1 K^T (whitened keys)
-    U, _, _ = torch.linalg.svd(Y, full_matrices=False)  # top left singular vectors = eigvecs of L^-1 S L^-T
-    X = torch.linalg.solve_triangular(L_chol.T, U[:, :rank], upper=True)  # [d, r] generalised eigvecs
+    _, U = torch.linalg.eigh(Y @ Y.T)  # [d, d] eigvecs of L^-1 S L^-T, ascending (Y is wide: avoid its SVD)
+    top = U[:, -rank:].flip(1)  # [d, r] largest first
+    X = torch.linalg.solve_triangular(L_chol.T, top, upper=True)  # [d, r] generalised eigvecs
     Q, _ = torch.linalg.qr(X)  # [d, r] orthonormal basis of the same span
     D = Q.T.contiguous()  # [r, d]
     sign = torch.sign(D @ kw.sum(0))  # [r]

@@ -53,7 +53,7 @@ class Rewriter:
         self.smoothness, self.ridge = smoothness, ridge
         self.stats_samples, self.cache_dir, self.progress = stats_samples, cache_dir, progress
         self._stats = stats
-        self._quantiles: dict[str, float] = {}
+        self._quantiles: dict[tuple, float] = {}
         self.last_report: SolveReport | None = None
 
     @property
@@ -91,13 +91,14 @@ class Rewriter:
         keys, weights = self._context_keys(request, x_p)
         return RuleTensors(x_p.double(), v_star, fit, keys, weights, cbox, pbox, fbox, alpha)
 
-    def _context_keys(self, request: EditRequest, x_paste: Tensor) -> tuple[Tensor, Tensor]:
+    def _context_keys(self, request: EditRequest, x_paste: Tensor, batch: int = 50) -> tuple[Tensor, Tensor]:
         if not request.context:
             return weighted_keys(x_paste, request.paste.mask)
-        gen, parts = self.generator, []
-        for sel in request.context:
-            x, _ = gen.keys_and_values(self.layer, gen.latents([sel.seed]))
-            parts.append(weighted_keys(x, sel.mask))
+        parts = []
+        for i in range(0, len(request.context), batch):  # one forward per batch of context samples
+            chunk = request.context[i : i + batch]
+            x, _ = self.generator.keys_and_values(self.layer, self.generator.latents([s.seed for s in chunk]))
+            parts += [weighted_keys(x[j : j + 1], sel.mask) for j, sel in enumerate(chunk)]
         return torch.cat([k for k, _ in parts]), torch.cat([w for _, w in parts])
 
     def directions(self, request: EditRequest, rule: RuleTensors | None = None) -> Tensor:
@@ -153,14 +154,17 @@ class Rewriter:
         scores = _scores(x.double(), directions.double())  # [B, h, w]
         return Heatmap(scores, self._threshold(directions.double()))
 
-    def _threshold(self, D: Tensor, samples: int = 100) -> float:
-        """The HEATMAP_QUANTILE of the score over keys of the statistics' own samples."""
-        key = repr(D.flatten()[:8].tolist()) + str(D.shape)
+    def _threshold(self, D: Tensor) -> float:
+        return self.score_quantile(D, HEATMAP_QUANTILE)
+
+    def score_quantile(self, D: Tensor, quantile: float, samples: int = 100) -> float:
+        """The ``quantile`` of the heatmap score over keys of the statistics' own samples (cached)."""
+        key = (tuple(D.flatten()[:8].tolist()), tuple(D.shape), quantile, samples)
         if key not in self._quantiles:
             gen = self.generator
             x, _ = gen.keys_and_values(self.layer, gen.latents(range(1_000_003, 1_000_003 + samples)))
-            s = _scores(x.double(), D).reshape(-1)
-            self._quantiles[key] = float(torch.quantile(s[: 2**24].float(), HEATMAP_QUANTILE))
+            s = _scores(x.double(), D.double()).reshape(-1)
+            self._quantiles[key] = float(torch.quantile(s[: 2**24].float(), quantile))
         return self._quantiles[key]
 
 

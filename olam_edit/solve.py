@@ -12,7 +12,9 @@ condition number is never formed). For a
 conv, E_k ||dW k||^2 = sum over taps of lam_t^T (D C D^T) lam_t, so the penalty is kron(D C D^T, I).
 Handles whose output is not linear in W (StyleGAN2 demodulation) expose ``freeze(w_eff)``; then
 the solve is repeated with the nonlinearity frozen at the current weight until the residual stops
-falling (fixed-point refinement).
+falling (fixed-point refinement). A frozen nonlinearity that scales each output channel by its own
+factor (the demodulation) is exposed by ``output_scale``; the solve then weights each output
+channel's rows by it (one batched least squares instead of one shared one).
 """
 
 from __future__ import annotations
@@ -67,12 +69,31 @@ def _channel_last(layout: str, v: Tensor) -> Tensor:
 
 
 def basis_responses(handle: LayerHandle, x: Tensor, D: Tensor, kernel: tuple[int, ...]) -> Tensor:
-    """``[P, J]``: the value-map change of each unit coefficient (shared by all output channels)."""
+    """``[P, J]``: the value-map change of each unit coefficient (shared by all output channels).
+
+    For a handle with an output scale (see :func:`output_scale`) these are the unscaled responses.
+    """
     r = D.shape[0]
     J = r * (1 if handle.layout == L.LINEAR else int(torch.tensor(kernel).prod()))
     eye = torch.eye(J, dtype=torch.float64, device=x.device)  # [J, J] one "output channel" per coef
     lam_basis = L.lam_from_coefs(handle.layout, eye, r, kernel)
-    return _channel_last(handle.layout, handle.delta_response(x, lam_basis, D))
+    respond = getattr(handle, "unscaled_delta_response", handle.delta_response)
+    return _channel_last(handle.layout, respond(x, lam_basis, D))
+
+
+def output_scale(handle: LayerHandle, x: Tensor, n_pos: int) -> Tensor | None:
+    """``[P, out]`` per-position, per-output-channel factor of a handle's (frozen) linear map, or None.
+
+    A handle may define ``output_scale(x) -> [B, out] | None`` and ``unscaled_delta_response``
+    with ``delta_response == output_scale[:, :, None, None] * unscaled_delta_response`` (StyleGAN2:
+    the demodulation held fixed). The factor is broadcast over the positions of each sample.
+    """
+    scale = handle.output_scale(x) if hasattr(handle, "output_scale") else None
+    if scale is None:
+        return None
+    scale = scale.to(torch.float64)  # [B, out]
+    per_sample = n_pos // scale.shape[0]
+    return scale[:, None, :].expand(-1, per_sample, -1).reshape(n_pos, scale.shape[1])  # [P, out]
 
 
 def smoothness_matrix(D: Tensor, C: Tensor, taps: int) -> Tensor:
@@ -98,14 +119,44 @@ def solve_lambda(problem: Problem, D: Tensor, C: Tensor, smoothness: float = DEF
     B = basis_responses(h, problem.x, D, kernel)  # [P, J]
     R = _channel_last(h.layout, problem.v_star - h.linear_op(problem.x, problem.w0))  # [P, out]
     sw = problem.flat_mask(B.shape[0]).sqrt()[:, None]  # [P, 1] square-root fit weights
-    rows, rhs = [B * sw], [R * sw]
+    pen = None
     if smoothness > 0:  # the penalty as extra least-squares rows: ||sqrt(s n) kron(G^1/2, I) c||^2
         n_fit = float(sw.square().sum())
-        rows.append((smoothness * n_fit) ** 0.5 * _sqrt_psd(smoothness_matrix(D, C, h.taps)))
-        rhs.append(torch.zeros(rows[-1].shape[0], R.shape[1], dtype=R.dtype, device=R.device))
-    driver = "gelsd" if B.device.type == "cpu" else None
-    coefs = torch.linalg.lstsq(torch.cat(rows), torch.cat(rhs), driver=driver).solution  # [J, out]
+        pen = (smoothness * n_fit) ** 0.5 * _sqrt_psd(smoothness_matrix(D, C, h.taps))  # [J, J]
+    scale = output_scale(h, problem.x, B.shape[0])  # [P, out] or None
+    if scale is None:
+        coefs = _lstsq_shared(B * sw, R * sw, pen)  # [J, out]
+    else:
+        keep = sw[:, 0] > 0  # rows with zero fit weight add nothing
+        coefs = _lstsq_per_channel(B[keep] * sw[keep], R[keep] * sw[keep], scale[keep], pen)
     return L.lam_from_coefs(h.layout, coefs.T.contiguous(), D.shape[0], kernel)
+
+
+def _driver(t: Tensor) -> str | None:
+    return "gelsd" if t.device.type == "cpu" else None
+
+
+def _lstsq_shared(A: Tensor, R: Tensor, pen: Tensor | None) -> Tensor:
+    """``[J, out]`` minimising ||A c_o - R_o||^2 + ||pen c_o||^2 for every output channel o at once."""
+    rows, rhs = [A], [R]
+    if pen is not None:
+        rows.append(pen)
+        rhs.append(torch.zeros(pen.shape[0], R.shape[1], dtype=R.dtype, device=R.device))
+    return torch.linalg.lstsq(torch.cat(rows), torch.cat(rhs), driver=_driver(A)).solution  # [J, out]
+
+
+def _lstsq_per_channel(A: Tensor, R: Tensor, scale: Tensor, pen: Tensor | None) -> Tensor:
+    """``[J, out]`` minimising ||diag(scale_o) A c_o - R_o||^2 + ||pen c_o||^2 per output channel o.
+
+    A ``[P, J]`` shared responses, R ``[P, out]`` residuals, scale ``[P, out]``: one batched solve.
+    """
+    n_out, J = R.shape[1], A.shape[1]
+    rows = scale.T[:, :, None] * A[None]  # [out, P, J]
+    rhs = R.T[:, :, None]  # [out, P, 1]
+    if pen is not None:
+        rows = torch.cat([rows, pen.expand(n_out, -1, -1)], dim=1)  # [out, P + J, J]
+        rhs = torch.cat([rhs, rhs.new_zeros(n_out, pen.shape[0], 1)], dim=1)
+    return torch.linalg.lstsq(rows, rhs, driver=_driver(A)).solution[:, :J, 0].T  # [J, out]
 
 
 def objective(problem: Problem, lam: Tensor, D: Tensor, C: Tensor, smoothness: float) -> float:
@@ -149,16 +200,18 @@ def rewrite_layer(problem: Problem, D: Tensor, C: Tensor, smoothness: float = DE
     Returns the Delta (float32 factors, effective units) and a :class:`SolveReport`.
     """
     h, D64 = problem.handle, D.to(torch.float64)
-    before = _residual(problem, None, D64)
-    lam, best, steps = solve_lambda(problem, D64, C, smoothness), None, 1
-    if hasattr(h, "freeze"):
-        lam, steps = _refine(problem, D64, C, smoothness, lam, refine_iters)
-    best = _residual(problem, lam, D64)
-    if hasattr(h, "freeze"):
-        h.freeze(None)
+    try:
+        before = _residual(problem, None, D64)
+        lam, best, steps = solve_lambda(problem, D64, C, smoothness), None, 1
+        if hasattr(h, "freeze"):
+            lam, steps = _refine(problem, D64, C, smoothness, lam, refine_iters)
+        best = _residual(problem, lam, D64)  # freezes a nonlinear handle at the final weight
+        obj = objective(problem, lam, D64, C, smoothness)  # so this is the true objective there
+    finally:
+        if hasattr(h, "freeze"):
+            h.freeze(None)
     delta = Delta(lam.to(torch.float32), D64.to(torch.float32), h.layout)
-    report = SolveReport(delta.relative_norm(problem.w0), objective(problem, lam, D64, C, smoothness),
-                         before, best, steps)
+    report = SolveReport(delta.relative_norm(problem.w0), obj, before, best, steps)
     return delta, report
 
 
