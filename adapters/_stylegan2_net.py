@@ -37,7 +37,9 @@ and routes the style, the keys and the values through ``conv.style_tap``, ``conv
 (the style is what a solver needs to hold the demodulation fixed), and a forward hook on
 ``value_tap`` that returns a tensor replaces the values. Values are taken before noise, bias and
 activation, which :class:`StyledConv` applies afterwards. ``conv.weight`` stays in the checkpoint's
-units; an edit in effective units dW changes it by ``dW / conv.scale``.
+units; an edit in effective units dW changes it by ``dW / conv.scale``. ``conv.olam_handle(name)``
+returns the olam-edit layer handle (``olam_edit.adapters._stylegan2_handle.ModConvHandle``), so
+``olam_edit.get_handle(generator, "layers.layer8.conv")`` and ``list_layers`` find every such conv.
 """
 
 from __future__ import annotations
@@ -45,10 +47,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from olam_edit.handles import LayerHandle
 
 FLAVORS = ("rosinality", "nvlabs")
 NOISE_MODES = ("random", "const", "none")
@@ -278,6 +284,12 @@ class ModulatedConv(nn.Module):
         weight_eff = self.effective_weight()  # [O, I, k, k]
         values = self.conv_value(keys, weight_eff, self.demodulation(weight_eff, s))
         return self.value_tap(values)  # [B, O, H', W']
+
+    def olam_handle(self, name: str) -> LayerHandle:
+        """The olam-edit handle of this layer (keys s (.) x, demodulated values; see ``_stylegan2_handle``)."""
+        from ._stylegan2_handle import ModConvHandle
+
+        return ModConvHandle(name, self)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, up={self.up}, "

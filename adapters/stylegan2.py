@@ -11,6 +11,10 @@ Formats read into :class:`~olam_edit.adapters._stylegan2_net.StyleGAN2Generator`
   "skip" generators without labels convert; StyleGAN3 (alias-free) networks are refused.
 * ours: a folder with ``model.safetensors`` (our state-dict names) and ``config.json``.
 
+:class:`StyleGAN2Adapter` wraps a loaded generator in the package's Generator protocol (seeded
+latents, truncation 0.5 and constant noise by default); :func:`load_generator_from_path` is what
+``olam_edit.adapters.load_generator`` calls for local paths and Hub snapshots.
+
 Everything else (``os.system`` in a pickle, a persistence record of an unknown class) raises
 :class:`~olam_edit.errors.UnsafePickleError` before anything is built.
 """
@@ -37,13 +41,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from olam_edit.errors import EditFileError, ShapeMismatchError, UnsafePickleError, explain
+from olam_edit.errors import EditFileError, RequestError, ShapeMismatchError, UnsafePickleError, explain
 
-from ._stylegan2_net import StyleGAN2Config, StyleGAN2Generator, blur_kernel, default_channels
+from ._stylegan2_net import NOISE_MODES, StyleGAN2Config, StyleGAN2Generator, blur_kernel, default_channels
+from .base import Generator
 
 __all__ = [
     "PersistentRecord",
     "SafeUnpickler",
+    "StyleGAN2Adapter",
     "StyleGAN2Config",
     "StyleGAN2Generator",
     "build_generator",
@@ -52,6 +58,7 @@ __all__ = [
     "find_stylegan2_file",
     "from_nvlabs",
     "from_rosinality",
+    "load_generator_from_path",
     "load_nvlabs_pickle",
     "load_olam_stylegan2",
     "load_rosinality",
@@ -701,3 +708,112 @@ def load_stylegan2(path: str | os.PathLike) -> StyleGAN2Generator:
 def convert_stylegan2(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
     """Convert any supported checkpoint to our safetensors format in ``dst_dir``; return the folder."""
     return save_stylegan2(load_stylegan2(src), dst_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Generator protocol (what the Rewriter, the CLI and the app talk to)
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_TRUNCATION = 0.5  # the paper's notebooks and UI
+
+
+class _StopForward(Exception):
+    """Raised by a key hook to end a forward pass once the layer's keys are in hand."""
+
+
+class StyleGAN2Adapter(Generator):
+    """A :class:`StyleGAN2Generator` as a deterministic sampler ``z [z_dim] -> image [3, S, S]``.
+
+    ``truncation`` (default 0.5 as in the paper's UI), ``truncation_cutoff`` and ``noise_mode``
+    (default "const", the stored noise, so a seed always gives the same image) are written to the
+    model's attributes, which ``model(z)`` uses; they are part of :meth:`sampler_settings`, so
+    statistics cached under other settings are not reused. Editable layers are the modulated convs
+    ``layers.layerN.conv`` (and ``to_rgbs.rgbR.conv``); :meth:`layer_name` maps ``"layer8"`` to one.
+    """
+
+    def __init__(self, model: StyleGAN2Generator, *, name: str, truncation: float = DEFAULT_TRUNCATION,
+                 truncation_cutoff: int | None = None, noise_mode: str = "const", revision: str | None = None,
+                 license: str | None = None) -> None:
+        super().__init__(model, name=name, revision=revision, license=license)
+        self.truncation, self.truncation_cutoff, self.noise_mode = truncation, truncation_cutoff, noise_mode
+
+    @property
+    def truncation(self) -> float:
+        return self.model.truncation
+
+    @truncation.setter
+    def truncation(self, psi: float) -> None:
+        if not isinstance(psi, int | float) or isinstance(psi, bool) or not math.isfinite(psi):
+            raise RequestError(explain("truncation must be a finite number", got=repr(psi), expected="e.g. 0.5"))
+        self.model.truncation = float(psi)
+
+    @property
+    def truncation_cutoff(self) -> int | None:
+        return self.model.truncation_cutoff
+
+    @truncation_cutoff.setter
+    def truncation_cutoff(self, cutoff: int | None) -> None:
+        self.model.truncation_cutoff = None if cutoff is None else int(cutoff)
+
+    @property
+    def noise_mode(self) -> str:
+        return self.model.noise_mode
+
+    @noise_mode.setter
+    def noise_mode(self, mode: str) -> None:
+        if mode not in NOISE_MODES:
+            raise RequestError(explain("unknown noise mode", got=repr(mode), expected=NOISE_MODES,
+                                       fix='Use "const" for reproducible samples.'))
+        self.model.noise_mode = mode
+
+    def sample_latent(self, gen: torch.Generator) -> torch.Tensor:
+        """z ~ N(0, I) of shape ``[z_dim]`` from a seeded CPU generator."""
+        return torch.randn(self.model.config.z_dim, generator=gen)  # [z_dim]
+
+    def sampler_settings(self) -> dict[str, Any]:
+        """Truncation, its cutoff and the noise mode: they change the keys' distribution."""
+        return {"truncation": self.truncation, "truncation_cutoff": self.truncation_cutoff,
+                "noise_mode": self.noise_mode}
+
+    def keys_and_values(self, layer: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key map ``s (.) x`` ``[B, I, H, W]`` and value map ``[B, O, H', W']`` of ``layer`` for latents z.
+
+        The keys come from the handle's hook, which records their style, so the handle computes
+        their values (and can later solve on them); the forward stops at the layer, and no autograd
+        graph is kept.
+        """
+        h, found = self.handle(layer), []
+
+        def stop_after_keys(keys: torch.Tensor) -> None:
+            found.append(keys)
+            raise _StopForward  # nothing after this layer is needed: the handle computes the values
+
+        hook = h.register_key_hook(stop_after_keys, pin=True)
+        try:
+            with torch.no_grad():
+                self.model(z)
+        except _StopForward:
+            pass
+        finally:
+            hook.remove()
+        with torch.no_grad():
+            return found[0], h.values_of(found[0])
+
+    @staticmethod
+    def layer_name(layer: str) -> str:
+        """Module path of a paper layer name: ``"layer8"`` -> ``"layers.layer8.conv"`` (others unchanged)."""
+        return f"layers.{layer}.conv" if re.fullmatch(r"layer\d+", layer) else layer
+
+
+def load_generator_from_path(path: str | os.PathLike, device: str | torch.device = "cpu", *,
+                             truncation: float = DEFAULT_TRUNCATION, truncation_cutoff: int | None = None,
+                             noise_mode: str = "const", name: str | None = None, revision: str | None = None,
+                             license: str | None = None) -> StyleGAN2Adapter:
+    """Load any supported StyleGAN2 checkpoint (file or folder) as a :class:`StyleGAN2Adapter`.
+
+    ``name`` defaults to ``str(path)`` (pass the Hub repo id for a snapshot folder).
+    """
+    model = load_stylegan2(path).to(device)
+    return StyleGAN2Adapter(model, name=str(path) if name is None else name, truncation=truncation,
+                            truncation_cutoff=truncation_cutoff, noise_mode=noise_mode, revision=revision,
+                            license=license)
