@@ -90,6 +90,45 @@ class Edit:
 
         return load_edit(directory)
 
+    # -- Hub ------------------------------------------------------------------------------------
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | bool | None = None,
+                    revision: str | None = None, create_pr: bool = False, commit_message: str | None = None,
+                    endpoint: str | None = None, image: str | Path | bytes | None = None) -> str:
+        """Publish this edit as ``repo_id`` in one commit (files, checksums, model card, optional
+        before/after PNG ``image``); returns the commit URL. See :func:`olam_edit.hub.push_edit`."""
+        from .hub import push_edit
+
+        return push_edit(self, repo_id, private=private, token=token, revision=revision, create_pr=create_pr,
+                         commit_message=commit_message, endpoint=endpoint, image=image)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_dir: str | Path, revision: str | None = None, *,
+                        endpoint: str | None = None, token: str | bool | None = None,
+                        cache_dir: str | Path | None = None, local_files_only: bool = False,
+                        force_download: bool = False, model: Any = None, scale: float = 1.0,
+                        force: bool = False) -> Edit:
+        """An edit from a local folder or a Hub repo (standard cache, ``HF_HUB_OFFLINE`` honoured),
+        verified against its checksums and manifest (see :func:`olam_edit.hub.fetch_edit`). A local
+        folder of that name takes precedence over a Hub repo.
+
+        With ``model``, the edit is also applied to it (times ``scale``); a model whose edited layers
+        differ from the base the edit was made for is refused with BaseMismatchError unless ``force``,
+        and is left untouched.
+        """
+        from .hub import fetch_edit
+
+        edit = fetch_edit(repo_id_or_dir, revision, endpoint=endpoint, token=token, cache_dir=cache_dir,
+                         local_files_only=local_files_only, force_download=force_download)
+        if model is not None:
+            edit.apply(model, scale=scale, force=force)
+        return edit
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{n}: rank {d.rank}" for n, d in self.deltas.items())
         return f"Edit({parts})"
+
+    def to_lora(self, directory: str | Path, format: str = "peft", **kwargs: Any) -> Path:
+        """Write this edit as a LoRA that stock PEFT / diffusers load (see :func:`olam_edit.lora.to_lora`)."""
+        from .lora import to_lora
+
+        return to_lora(self, directory, format, **kwargs)

@@ -87,3 +87,39 @@ class UnsafePickleError(OlamEditError, ValueError):
 
 class RequestError(OlamEditError, ValueError):
     """An edit request that is malformed (seed, mask, layer, model)."""
+
+
+class OutputExistsError(OlamEditError, FileExistsError):
+    """An output folder that already exists and would be overwritten."""
+
+
+class ChecksumMismatchError(EditFileError):
+    """A file whose bytes differ from the checksum its folder or Hub repo records for it."""
+
+
+class HubError(OlamEditError, OSError):
+    """A Hugging Face Hub operation that failed (server error, unexpected answer)."""
+
+
+class HubAuthError(HubError, PermissionError):
+    """A missing or invalid token, or a token without the access the operation needs."""
+
+
+class HubNotFoundError(HubError, FileNotFoundError):
+    """A repo, revision or file that does not exist on the Hub."""
+
+
+class HubConnectionError(HubError, ConnectionError):
+    """The Hub could not be reached (network error, or offline mode without a cached copy)."""
+
+
+class TokenAlignmentError(RequestError):
+    """A text rule whose source tokens cannot be found, in order, among the destination's tokens."""
+
+
+class UnsupportedModelError(OlamEditError, TypeError):
+    """A model or pipeline that lacks what an operation needs (a pipeline without a UNet, say)."""
+
+
+class LoraExportError(OlamEditError, ValueError):
+    """An edit that cannot be written as a LoRA (a layer PEFT cannot wrap, an unknown format)."""

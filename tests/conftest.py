@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+pytest_plugins = ["hub_server"]  # fixtures fake_hub and hf_sandbox (tests/hub_server.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
