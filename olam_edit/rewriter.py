@@ -83,7 +83,8 @@ class Rewriter:
         x_p, v_p = gen.keys_and_values(self.layer, gen.latents([request.paste.seed]))
         _, v_c = gen.keys_and_values(self.layer, gen.latents([request.copy.seed]))
         grid = tuple(v_p.shape[-2:])
-        copy_m, paste_m = resize_mask(request.copy.mask, grid), resize_mask(request.paste.mask, grid)
+        copy_m = resize_mask(request.copy.mask, grid).to(v_p.device)
+        paste_m = resize_mask(request.paste.mask, grid).to(v_p.device)
         v_star, cbox, pbox, alpha = composite(v_p.double(), v_c.double(), copy_m, paste_m)
         fbox = round_to_key_grid(pbox, self.handle.value_ratio, grid)
         fit = torch.zeros(1, *grid, dtype=torch.float64, device=v_p.device)
@@ -134,6 +135,7 @@ class Rewriter:
                   "solve": "closed_form", **settings}
         return Edit.create(self.generator.model, {self.layer: delta}, base_model=self.generator.name,
                            revision=getattr(self.generator, "revision", None), solver=solver,
+                           component=getattr(self.generator, "component", None),
                            stats_fingerprint=self.stats.manifest.get("fingerprint"), recipe=request.to_json(),
                            rule=request.description or request.name, metrics=metrics,
                            license=getattr(self.generator, "license", None),
