@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from olam_edit import SecondMoment, collect_stats, get_handle, list_layers, preview, stats_fingerprint
+from olam_edit.apply import model_lock
 from olam_edit.edit import Edit
 from olam_edit.errors import RequestError, explain
 from olam_edit.handles import LayerHandle
@@ -102,14 +103,15 @@ class Generator:
             seen.append(x)
             raise _StopAtLayer
 
-        hook = h.register_key_hook(grab)
-        try:
-            with torch.no_grad():
-                self.model(z)
-        except _StopAtLayer:
-            pass
-        finally:
-            hook.remove()
+        with model_lock(self.model):  # a concurrent preview swaps parameters in place
+            hook = h.register_key_hook(grab)
+            try:
+                with torch.no_grad():
+                    self.model(z)
+            except _StopAtLayer:
+                pass
+            finally:
+                hook.remove()
         with torch.no_grad():
             return seen[0], h.values_of(seen[0])
 
@@ -130,8 +132,9 @@ class Generator:
             fp = stats_fingerprint(self.model, layer, sampler, len(batches))
             return pull_stats(stats_repo, layer, expect_fingerprint=fp)
         cache = default_cache_dir() / "stats" if cache_dir is None else Path(cache_dir)
-        return collect_stats(self.model, [layer], batches, sampler=sampler, cache_dir=cache,
-                             progress=progress)[layer]
+        with model_lock(self.model):
+            return collect_stats(self.model, [layer], batches, sampler=sampler, cache_dir=cache,
+                                 progress=progress)[layer]
 
     def _stats_batches(self, samples: int, batch_size: int, seed: int) -> tuple[_LatentBatches, dict[str, Any]]:
         """The latent batches statistics are collected over, and the sampler description they are keyed by."""

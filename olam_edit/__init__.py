@@ -5,7 +5,7 @@ Model families live in :mod:`olam_edit.adapters`.
 """
 
 from ._version import __version__
-from .apply import apply_edit, edited, edited_parameters, preview, revert_edit
+from .apply import apply_edit, check_base, edited, edited_parameters, model_lock, preview, revert_edit
 from .collect import collect_stats, stats_fingerprint
 from .delta import Delta
 from .directions import context_directions, single_key_direction
@@ -23,6 +23,7 @@ __all__ = [
     "SolveReport",
     "__version__",
     "apply_edit",
+    "check_base",
     "collect_stats",
     "context_directions",
     "edited",
@@ -30,6 +31,7 @@ __all__ = [
     "erase_delta",
     "get_handle",
     "list_layers",
+    "model_lock",
     "preview",
     "revert_edit",
     "rewrite_layer",

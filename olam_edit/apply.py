@@ -60,6 +60,16 @@ def _base_tensor(model: nn.Module, handle: LayerHandle) -> Tensor:
     return handle.parameter
 
 
+def check_base(model: Any, edit: Edit) -> None:
+    """Raise BaseMismatchError unless every layer of ``edit`` has the base weight it was made for.
+
+    Nothing is changed; use it to vet an edit (an upload, say) before offering to apply it.
+    """
+    module = target_module(model, edit)
+    for name in edit.deltas:
+        _check_base(module, edit, get_handle(module, name))
+
+
 def _check_base(model: nn.Module, edit: Edit, handle: LayerHandle) -> None:
     expected = edit.manifest.get("layers", {}).get(handle.name, {}).get("fingerprint")
     got = tensor_fingerprint(_base_tensor(model, handle))
@@ -165,6 +175,11 @@ def preview(model: nn.Module, edit: Edit | None, *args: Any, scale: float = 1.0,
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that previews of ``model`` take; hold it to run hooks on the shared model safely."""
+    return _lock_for(model)
 
 
 def _lock_for(model: nn.Module) -> threading.RLock:

@@ -8,6 +8,7 @@ dropped with a warning naming them.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -44,10 +45,19 @@ def save_edit(edit: Edit, directory: str | Path) -> Path:
     for name, d in edit.deltas.items():
         tensors[f"{name}.lambda"] = d.lam.detach().to(torch.float32).cpu().contiguous()
         tensors[f"{name}.directions"] = d.directions.detach().to(torch.float32).cpu().contiguous()
-    manifest = json.dumps(edit.manifest, sort_keys=True)
-    atomic_save_safetensors(tensors, out / WEIGHTS_NAME, {METADATA_KEY: manifest, "format": "pt"})
-    atomic_write_bytes(out / CONFIG_NAME, (json.dumps(edit.manifest, indent=2, sort_keys=True) + "\n").encode())
+    meta = _with_scales(edit)
+    atomic_save_safetensors(tensors, out / WEIGHTS_NAME, {METADATA_KEY: json.dumps(meta, sort_keys=True),
+                                                          "format": "pt"})
+    atomic_write_bytes(out / CONFIG_NAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return out
+
+
+def _with_scales(edit: Edit) -> dict[str, Any]:
+    """The manifest with each layer's current delta scale (so a scaled edit saves as scaled)."""
+    meta = copy.deepcopy(edit.manifest)
+    for name, d in edit.deltas.items():
+        meta.setdefault("layers", {}).setdefault(name, {})["scale"] = d.scale
+    return meta
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:

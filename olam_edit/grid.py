@@ -22,7 +22,7 @@ def grid_image(rows: list[Tensor], labels: list[str] | None = None, zoom: int = 
 
     tiles = [to_uint8(r) for r in rows]
     n, h, w = tiles[0].shape[0], tiles[0].shape[1] * zoom, tiles[0].shape[2] * zoom
-    left = 70 if labels else 0
+    left = 110 if labels else 0
     canvas = Image.new("RGB", (left + n * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, row in enumerate(tiles):

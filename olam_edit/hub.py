@@ -302,11 +302,15 @@ def stage_edit(edit: Edit, folder: Path, repo_id: str, picture: bytes | None = N
     return folder
 
 
-def _prepare_repo(api: Any, repo_id: str, *, private: bool, revision: str | None, create_pr: bool) -> None:
-    """Create the repo if needed, and the branch ``revision`` when a push targets a new one."""
-    api.create_repo(repo_id, private=private, exist_ok=True)
+def _prepare_repo(api: Any, repo_id: str, *, private: bool, revision: str | None, create_pr: bool) -> str:
+    """Create the repo if needed, and the branch ``revision`` when a push targets a new one.
+
+    Returns the full repo id (a bare ``name`` becomes ``user/name``, as the Hub creates it).
+    """
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision and not create_pr and revision != "main" and not _OID_RE.fullmatch(revision):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return repo_id
 
 
 def _commit_title(edit: Edit) -> str:
@@ -335,7 +339,7 @@ def push_edit(edit: Edit, repo_id: str, *, private: bool = False, token: str | b
     with tempfile.TemporaryDirectory(prefix="olam-edit-push-") as tmp:
         folder = stage_edit(edit, Path(tmp), repo_id, picture)
         with hub_errors("push the edit to", repo_id, revision):
-            _prepare_repo(api, repo_id, private=private, revision=revision, create_pr=create_pr)
+            repo_id = _prepare_repo(api, repo_id, private=private, revision=revision, create_pr=create_pr)
             return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
                                      commit_message=commit_message or _commit_title(edit),
                                      delete_patterns=None if picture is not None else [PICTURE_NAME])

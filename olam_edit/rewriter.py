@@ -108,6 +108,7 @@ class Rewriter:
         return context_directions(rule.context_keys, rule.context_weights, self.C, request.rank, self.ridge)
 
     # -- rewrite and erase -----------------------------------------------------------------------
+    @torch.no_grad()
     def rewrite(self, request: EditRequest, *, smoothness: float | None = None) -> Edit:
         """Solve the request in closed form and return the Edit (nothing is applied)."""
         rule = self.rule_tensors(request)
@@ -118,6 +119,7 @@ class Rewriter:
         self.last_report = report
         return self._edit(request, delta, "rewrite", {"smoothness": smooth}, report)
 
+    @torch.no_grad()
     def erase(self, request: EditRequest) -> Edit:
         """The paper's removal rule on the request's context: W1 = W0 - W0 D^T D."""
         D = self.directions(request)

@@ -139,3 +139,26 @@ def test_failed_save_leaves_previous_files(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="disk full"):
         _edit(model).save(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_scaled_edit_saves_as_scaled(tmp_path) -> None:
+    model = tiny_dcgan()
+    half = _edit(model).scaled(0.5)
+    back = oe.Edit.load(half.save(tmp_path / "e"))
+    assert back.deltas["6"].scale == 0.5
+    with oe.edited(model, half):
+        w_mem = model[6].weight.clone()
+    with oe.edited(model, back):
+        assert torch.equal(model[6].weight, w_mem)
+
+
+def test_check_base_vets_without_applying() -> None:
+    from olam_edit.errors import BaseMismatchError
+
+    model, other = tiny_dcgan(), tiny_dcgan(seed=4)
+    edit = _edit(model)
+    oe.check_base(model, edit)
+    before = other[6].weight.clone()
+    with pytest.raises(BaseMismatchError):
+        oe.check_base(other, edit)
+    assert torch.equal(other[6].weight, before)
