@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except OlamEditError as e:
+    except (OlamEditError, OSError) as e:  # bad input or a missing/unreadable file: one line, no traceback
         print(f"olam-edit {args.command}: error: {e}", file=sys.stderr)
         return 2
 

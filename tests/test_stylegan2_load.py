@@ -378,3 +378,23 @@ def test_find_stylegan2_file_prefers_ours_then_pt_then_pkl(tmp_path: Path) -> No
         (tmp_path / name).unlink()
     with pytest.raises(EditFileError, match="several"):
         S.find_stylegan2_file(tmp_path)
+
+
+def test_cli_convert_rosinality_to_safetensors(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from olam_edit.adapters.stylegan2 import load_stylegan2, rosinality_checkpoint
+
+    model = tiny()
+    torch.save(rosinality_checkpoint(model), tmp_path / "g.pt")  # a fixture in rosinality's own layout
+    exe = Path(sys.executable).parent / "olam-edit"
+    out = subprocess.run([str(exe), "convert", str(tmp_path / "g.pt"), str(tmp_path / "conv")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "conv").iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(render(load_stylegan2(tmp_path / "conv")), render(model))
+    bad = subprocess.run([str(exe), "convert", str(tmp_path / "missing.pt"), str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
