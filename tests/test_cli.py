@@ -86,3 +86,15 @@ def test_bad_paths_are_clear_errors(tmp_path, bad) -> None:
     out = run(*bad, cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_example_writes_an_edit_folder_and_a_grid(tmp_path) -> None:
+    out = run("example", "--out", str(tmp_path / "out"), "--seeds", "1000-1003")
+    assert out.returncode == 0, out.stderr
+    edit = oe.Edit.load(tmp_path / "out" / "edit")
+    assert edit.manifest["recipe"]["name"] == "add_sunglasses"
+    assert 0 < edit.manifest["metrics"]["relative_norm"] < 1
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / "before_after.png") as im:
+        assert im.size[1] >= 2 * 128  # two rows (before, after) of 64 px faces shown at 2x

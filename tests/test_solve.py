@@ -216,3 +216,17 @@ def test_unsupported_layers_are_named() -> None:
     with pytest.raises(UnsupportedLayerError, match="BatchNorm2d"):
         oe.get_handle(model, "2")
     assert oe.list_layers(model) == []  # listed layers are the editable ones only
+
+
+def test_reference_iterative_fit_stays_in_span_D_and_lowers_the_l1_loss() -> None:
+    from olam_edit.iterative import fit_reference
+
+    _, h, x, _, C, D = _setup("conv2d", rank=1)
+    w0 = h.effective_weight().detach()
+    lam_true = torch.randn(h.lam_of(w0, D).shape, dtype=torch.float64)
+    v_star = h.linear_op(x, w0 + h.dense(lam_true, D))
+    problem = oe.Problem(h, x, v_star)
+    lam = fit_reference(problem, D, steps=201, lr=0.05)
+    l1 = lambda lm: float((h.linear_op(x, w0 + h.dense(lm, D)) - v_star).abs().mean())  # noqa: E731
+    assert l1(lam) < 0.5 * l1(torch.zeros_like(lam))
+    assert lam.shape == lam_true.shape  # the result is W0 + dense(lam, D): rank r by construction
