@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,8 @@ class _StopAtLayer(Exception):
 
 class Generator:
     """Base class: subclasses implement :meth:`sample_latent` and may override :meth:`render`."""
+
+    key_hook_options: ClassVar[dict[str, Any]] = {}  # passed to LayerHandle.register_key_hook by keys_and_values
 
     def __init__(self, model: nn.Module, *, name: str, revision: str | None = None,
                  license: str | None = None) -> None:
@@ -104,7 +106,7 @@ class Generator:
             raise _StopAtLayer
 
         with model_lock(self.model):  # a concurrent preview swaps parameters in place
-            hook = h.register_key_hook(grab)
+            hook = h.register_key_hook(grab, **self.key_hook_options)
             try:
                 with torch.no_grad():
                     self.model(z)

@@ -34,7 +34,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import torch
@@ -717,10 +717,6 @@ def convert_stylegan2(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Pat
 DEFAULT_TRUNCATION = 0.5  # the paper's notebooks and UI
 
 
-class _StopForward(Exception):
-    """Raised by a key hook to end a forward pass once the layer's keys are in hand."""
-
-
 class StyleGAN2Adapter(Generator):
     """A :class:`StyleGAN2Generator` as a deterministic sampler ``z [z_dim] -> image [3, S, S]``.
 
@@ -729,7 +725,10 @@ class StyleGAN2Adapter(Generator):
     model's attributes, which ``model(z)`` uses; they are part of :meth:`sampler_settings`, so
     statistics cached under other settings are not reused. Editable layers are the modulated convs
     ``layers.layerN.conv`` (and ``to_rgbs.rgbR.conv``); :meth:`layer_name` maps ``"layer8"`` to one.
+    Key maps are pinned by the handle, which remembers each map's style so it can compute values.
     """
+
+    key_hook_options: ClassVar[dict[str, Any]] = {"pin": True}
 
     def __init__(self, model: StyleGAN2Generator, *, name: str, truncation: float = DEFAULT_TRUNCATION,
                  truncation_cutoff: int | None = None, noise_mode: str = "const", revision: str | None = None,
@@ -774,30 +773,6 @@ class StyleGAN2Adapter(Generator):
         """Truncation, its cutoff and the noise mode: they change the keys' distribution."""
         return {"truncation": self.truncation, "truncation_cutoff": self.truncation_cutoff,
                 "noise_mode": self.noise_mode}
-
-    def keys_and_values(self, layer: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Key map ``s (.) x`` ``[B, I, H, W]`` and value map ``[B, O, H', W']`` of ``layer`` for latents z.
-
-        The keys come from the handle's hook, which records their style, so the handle computes
-        their values (and can later solve on them); the forward stops at the layer, and no autograd
-        graph is kept.
-        """
-        h, found = self.handle(layer), []
-
-        def stop_after_keys(keys: torch.Tensor) -> None:
-            found.append(keys)
-            raise _StopForward  # nothing after this layer is needed: the handle computes the values
-
-        hook = h.register_key_hook(stop_after_keys, pin=True)
-        try:
-            with torch.no_grad():
-                self.model(z)
-        except _StopForward:
-            pass
-        finally:
-            hook.remove()
-        with torch.no_grad():
-            return found[0], h.values_of(found[0])
 
     @staticmethod
     def layer_name(layer: str) -> str:

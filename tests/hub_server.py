@@ -1346,3 +1346,15 @@ def fake_hub(hf_sandbox: HfSandbox) -> Iterator[FakeHub]:
         hub.stop()
     if hub.server_errors:
         pytest.fail("FakeHub raised internally:\n" + "\n".join(hub.server_errors))
+
+
+@pytest.fixture
+def hf_env(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    """What HF_ENDPOINT (read when huggingface_hub is imported) and HF_TOKEN do, for in-process calls."""
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "ENDPOINT", fake_hub.endpoint)
+    template = fake_hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setenv("HF_TOKEN", fake_hub.token)
+    return fake_hub

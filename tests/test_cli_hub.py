@@ -43,18 +43,6 @@ def face_edit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture
-def hf_env(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    """What HF_ENDPOINT (read when huggingface_hub is imported) and HF_TOKEN do, for in-process calls."""
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "ENDPOINT", fake_hub.endpoint)
-    template = fake_hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setenv("HF_TOKEN", fake_hub.token)
-    return fake_hub
-
-
 def _python_block(card: str) -> str:
     return re.search(r"```python\n(.*?)```", card, re.S).group(1)
 

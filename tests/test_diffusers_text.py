@@ -32,16 +32,11 @@ from olam_edit.errors import (
 D = 32  # the tiny text encoder's width = the UNet's cross_attention_dim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory, _one_thread):
+def pipe(tmp_path_factory, one_thread):
     return tiny_pipeline(tmp_path_factory.mktemp("tiny_sd")).to(torch.float64)
 
 

@@ -21,12 +21,7 @@ from olam_edit.solve import Problem, objective
 LAYER = "decoder.up_blocks.0.resnets.0.conv2"  # 3x3 conv, 16 -> 16 channels, on the 8x8 latent grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mask(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -106,18 +106,6 @@ def flip_data_byte(data: bytes) -> bytes:
 
 
 @pytest.fixture
-def hf_env(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    """What HF_ENDPOINT (read when huggingface_hub is imported) and HF_TOKEN do, for in-process calls."""
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "ENDPOINT", fake_hub.endpoint)
-    template = fake_hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setenv("HF_TOKEN", fake_hub.token)
-    return fake_hub
-
-
-@pytest.fixture
 def staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Route temporary folders into tmp_path/tmp so tests can check that none is left behind."""
     folder = tmp_path / "tmp"

@@ -25,12 +25,7 @@ TO_V = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"
 CONV = "down_blocks.0.resnets.0.conv1"  # 3x3, 16 -> 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _orth(r: int, d: int, g: torch.Generator, dtype=torch.float32) -> torch.Tensor:
