@@ -222,7 +222,7 @@ def finetune_all(generator: Any, rw: Rewriter, request: EditRequest, rule: Any, 
     The reference adds 0.01 x a VGG16 feature loss; no VGG weights exist offline, so it is L1 only.
     """
     goal = goal_image(generator, rw, request, rule)  # [1, 3, H, W]
-    box = _image_box(rule, goal.shape[-2:], rule.v_star.shape[-2:])
+    box = _image_box(rule, goal.shape[-2:], rule.v_star.shape[-2:]).to(goal.device)
     model = copy.deepcopy(generator.model).train(False)
     opt = _relative_adam([p for p in model.parameters() if p.requires_grad], lr)
     z = generator.latents([request.paste.seed])
