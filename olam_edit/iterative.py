@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import layout as L
-from .solve import Problem, objective
+from .solve import Problem
 
 
 def _project(problem: Problem, w: Tensor, w_perp: Tensor, D: Tensor) -> Tensor:
@@ -78,7 +78,3 @@ def _penalty(layout: str, lam: Tensor, G: Tensor) -> Tensor:
     c = coefs.reshape(coefs.shape[0], r, -1)  # [out, r, taps]
     return torch.einsum("ort,rs,ost->", c, G, c)
 
-
-def objective_value(problem: Problem, lam: Tensor, D: Tensor, C: Tensor, smoothness: float) -> float:
-    """Re-export of the closed form's objective, for the benchmark table."""
-    return objective(problem, lam, D, C, smoothness)
