@@ -337,9 +337,10 @@ def push_edit(edit: Edit, repo_id: str, *, private: bool = False, token: str | b
     picture = read_picture(image)
     api = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="olam-edit-push-") as tmp:
-        folder = stage_edit(edit, Path(tmp), repo_id, picture)
         with hub_errors("push the edit to", repo_id, revision):
             repo_id = _prepare_repo(api, repo_id, private=private, revision=revision, create_pr=create_pr)
+        folder = stage_edit(edit, Path(tmp), repo_id, picture)  # the card names the full user/name id
+        with hub_errors("push the edit to", repo_id, revision):
             return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
                                      commit_message=commit_message or _commit_title(edit),
                                      delete_patterns=None if picture is not None else [PICTURE_NAME])

@@ -10,8 +10,9 @@ supported Hub generator named in the UI.
 
 Every session keeps its own undo stack of edits. The model is shared and never mutated by a request:
 images are rendered with the session's edit through a functional preview, and every use of a shared
-model is serialised by one lock. The UI logic lives in small functions that tests call directly;
-:func:`build_app` wires them to Gradio components and :func:`main` launches the server.
+model is serialised by the core's per-model lock (:func:`olam_edit.model_lock`). The UI logic lives
+in small functions that tests call directly; :func:`build_app` wires them to Gradio components and
+:func:`main` launches the server.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from olam_edit.adapters import load_generator
 
-from olam_edit import Delta, Edit, context_directions
+from olam_edit import Edit, check_base, context_directions, model_lock
 from olam_edit.directions import DEFAULT_RIDGE
 from olam_edit.errors import (
     BaseMismatchError,
@@ -147,8 +148,9 @@ class Session:
 class Models:
     """The shared generators (loaded once, a few at most) and their rewriters.
 
-    ``lock`` serialises every use of a shared model: a preview swaps parameters during its call and
-    key capture registers hooks, so two requests must never run a model at the same time.
+    ``lock`` guards these caches. Running a model is serialised by the core instead: previews, key
+    capture and statistics take :func:`olam_edit.model_lock`, which the Studio also holds where it reads
+    the shared weights itself. Lock order: ``lock`` first, then a model's lock, never the reverse.
     """
 
     def __init__(self, settings: Settings, first: Any | None = None, keep: int = 2) -> None:
@@ -313,17 +315,18 @@ def make_request(session: Session, layer: str, rank: int) -> EditRequest:
 
 
 def at_strength(edit: Edit, strength: float) -> Edit:
-    """The edit with ``strength`` baked into its factors (what you see is what you save)."""
+    """The edit scaled by ``strength`` (what you see is what you save: the file keeps the scale), its
+    manifest's rule and relative norm saying so (the model card and the undo label show them)."""
     if strength == 1.0:
         return edit
-    deltas = {n: Delta(d.lam * (d.scale * strength), d.directions, d.layout) for n, d in edit.deltas.items()}
-    manifest = copy.deepcopy(edit.manifest)
+    scaled = edit.scaled(strength)
+    manifest = copy.deepcopy(scaled.manifest)
     metrics = manifest.get("metrics")
     if isinstance(metrics, dict) and isinstance(metrics.get("relative_norm"), float):
         metrics["relative_norm"] *= abs(strength)
     if manifest.get("rule"):
         manifest["rule"] = f"{manifest['rule']} (strength {strength:g})"
-    return Edit(deltas, manifest)
+    return Edit(scaled.deltas, manifest)
 
 
 def describe(edit: Edit) -> str:
@@ -352,7 +355,7 @@ def zip_edit(edit: Edit, folder: str | Path, picture: bytes | None = None) -> Pa
 
 
 def picture(generator: Any, edit: Edit, seeds: Sequence[int]) -> bytes:
-    """A before/after PNG of ``seeds`` (call with the model lock held)."""
+    """A before/after PNG of ``seeds``."""
     import io
 
     from olam_edit.grid import grid_image
@@ -408,19 +411,21 @@ def _unzip_edit(path: Path, max_bytes: int, work: Path) -> None:
 
 def check_fits(generator: Any, edit: Edit) -> None:
     """Raise BaseMismatchError unless every layer of ``edit`` exists in ``generator`` with the weight
-    the edit was made for (call with the model lock held: it reads the shared weights)."""
+    the edit was made for (nothing is applied), saying which model to load in the UI."""
     made_for = (edit.manifest.get("base_model") or {}).get("id") or "an unknown model"
     fix = f"Load the model it was made for ({made_for}) in the 'Generator' field."
     missing = [n for n in edit.deltas if n not in generator.layers()]
     if missing:
         raise BaseMismatchError(explain("this edit was made for another model", got=f"layers {missing} of {made_for}",
                                         expected=f"layers of {generator.name}: {generator.layers()}", fix=fix))
-    fresh = Edit.create(generator.model, edit.deltas).manifest["layers"]  # fingerprints of our weights
-    for name, info in edit.manifest.get("layers", {}).items():
-        if info.get("fingerprint") != fresh[name]["fingerprint"]:
+    for name, delta in edit.deltas.items():  # layer by layer, to say which one differs
+        try:
+            with model_lock(generator.model):  # it reads the shared weights, which a preview swaps meanwhile
+                check_base(generator.model, Edit({name: delta}, edit.manifest))
+        except BaseMismatchError as e:  # the core's fix (force=True) is no option here
             raise BaseMismatchError(explain(f"this edit was made for another model (layer {name} differs)",
                                             got=f"an edit of {made_for}", expected=f"an edit of {generator.name}",
-                                            fix=fix))
+                                            fix=fix)) from e
 
 
 # ------------------------------------------------------------------------------------ the app's work
@@ -450,8 +455,7 @@ class Studio:
     def samples(self, session: Session, seeds: Sequence[int]) -> list[np.ndarray]:
         """Display images of ``seeds`` (each distinct seed rendered once, in batches)."""
         unique = sorted({int(s) for s in seeds})
-        with self.models.lock:
-            shown = dict(zip(unique, display(self.generator(session).images(unique)), strict=True))
+        shown = dict(zip(unique, display(self.generator(session).images(unique)), strict=True))
         return [shown[int(s)] for s in seeds]
 
     def gallery(self, session: Session, heat: tuple[np.ndarray, float, float] | None = None) -> list[tuple]:
@@ -471,8 +475,7 @@ class Studio:
         if edit is None:
             after = before
         else:
-            with self.models.lock:
-                after = display(self.generator(session).images(seeds, edit, session.strength))
+            after = display(self.generator(session).images(seeds, edit, session.strength))
         caps = [f"#{s}" for s in seeds]
         return list(zip(before, caps, strict=True)), list(zip(after, caps, strict=True))
 
@@ -488,12 +491,11 @@ class Studio:
     def rewrite(self, session: Session, layer: str, rank: int, smoothness: float, ridge: float,
                 progress: Callable[[float, str], None] = lambda f, d: None) -> Edit:
         request = make_request(session, layer, rank)
-        with self.models.lock:
-            progress(0.1, "collecting key statistics (cached after the first time)")
-            rewriter = self.models.rewriter(session.model, layer, _check_ridge(ridge))
-            progress(0.6, "solving the rewrite")
-            with torch.no_grad():
-                edit = rewriter.rewrite(request, smoothness=float(smoothness))
+        progress(0.1, "collecting key statistics (cached after the first time)")
+        rewriter = self.models.rewriter(session.model, layer, _check_ridge(ridge))
+        progress(0.6, "solving the rewrite")
+        with model_lock(rewriter.generator.model):  # the solve reads the shared weights a preview swaps
+            edit = rewriter.rewrite(request, smoothness=float(smoothness))
         session.push(edit, describe(edit))
         return edit
 
@@ -504,17 +506,16 @@ class Studio:
         Returns the scores ``[B, h, w]`` and two of their quantiles over the model's own samples: the
         reference's outline threshold (99.9th percentile) and a lower one (HEAT_LOW) where the tint starts.
         """
-        with self.models.lock:
-            gen = self.generator(session)
-            if session.context:
-                rw = self.models.rewriter(session.model, layer, _check_ridge(ridge))
-                D = context_directions(*self._context_keys(gen, layer, session.context), rw.C, int(rank), rw.ridge)
-            elif session.current is not None:
-                layer, delta = next(iter(session.current.deltas.items()))
-                rw, D = self.models.rewriter(session.model, layer), delta.directions
-            else:
-                raise RequestError(explain("there is no rule to show yet",
-                                           fix="Add a context region, or rewrite first."))
+        gen = self.generator(session)
+        if session.context:
+            rw = self.models.rewriter(session.model, layer, _check_ridge(ridge))
+            D = context_directions(*self._context_keys(gen, layer, session.context), rw.C, int(rank), rw.ridge)
+        elif session.current is not None:
+            layer, delta = next(iter(session.current.deltas.items()))
+            rw, D = self.models.rewriter(session.model, layer), delta.directions
+        else:
+            raise RequestError(explain("there is no rule to show yet", fix="Add a context region, or rewrite first."))
+        with model_lock(gen.model):  # one turn for both passes (the rewriter's quantile cache is shared)
             heat = rw.context_heatmap(session.seeds, directions=D.to(torch.float64))
             low = rw.score_quantile(D.to(torch.float64), HEAT_LOW)
         return heat.scores.numpy(), low, heat.threshold
@@ -535,8 +536,7 @@ class Studio:
     # -- files -----------------------------------------------------------------------------------
     def download(self, session: Session) -> Path:
         edit = self._final(session, "download")
-        with self.models.lock:
-            image = picture(self.generator(session), edit, self.compare_seeds(8))
+        image = picture(self.generator(session), edit, self.compare_seeds(8))
         return zip_edit(edit, tempfile.mkdtemp(prefix="olam-edit-"), image)
 
     @staticmethod
@@ -553,8 +553,7 @@ class Studio:
             edit = read_upload(path, max_bytes, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        with self.models.lock:
-            check_fits(self.generator(session), edit)
+        check_fits(self.generator(session), edit)
         session.push(edit, f"uploaded: {describe(edit)}")
         return edit
 
@@ -569,23 +568,9 @@ class Studio:
             raise RequestError(explain("the repository name is not valid", got=repr(repo_id),
                                        expected="'name' or 'user/name' (letters, digits, '-', '_', '.')"))
         edit = self._final(session, "publish")
-        repo_id = self._full_repo_id(repo_id, token)
-        with self.models.lock:
-            image = picture(self.generator(session), edit, self.compare_seeds(8))
+        image = picture(self.generator(session), edit, self.compare_seeds(8))
         extra = {"endpoint": self.settings.hub_endpoint} if self.settings.hub_endpoint else {}
         return str(edit.push_to_hub(repo_id, token=token, private=bool(private), image=image, **extra))
-
-    def _full_repo_id(self, repo_id: str, token: str) -> str:
-        """``name`` -> ``user/name`` for the signed-in user (uploads need the namespace)."""
-        if "/" in repo_id:
-            return repo_id
-        from huggingface_hub import HfApi
-
-        from olam_edit.hub import hub_errors
-
-        with hub_errors("check your login to publish", repo_id):
-            user = HfApi(endpoint=self.settings.hub_endpoint, token=token).whoami()["name"]
-        return f"{user}/{repo_id}"
 
     def load_model(self, session: Session, spec: str) -> None:
         spec = (spec or "").strip() or "default"

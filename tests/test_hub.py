@@ -420,3 +420,11 @@ def test_stats_without_fingerprint_cannot_be_pushed(fake_hub: FakeHub) -> None:
     with pytest.raises(RequestError, match="fingerprint"):
         hub.push_stats(oe.SecondMoment(3), STATS_REPO, endpoint=fake_hub.endpoint, token=fake_hub.token)
     assert fake_hub.requests == []
+
+
+def test_push_to_a_bare_name_lands_in_the_users_namespace(fake_hub: FakeHub, tmp_path: Path, edits) -> None:
+    """The Hub puts a bare ``name`` under the token's user; the card's code must name that full id."""
+    url = push(fake_hub, edits[0], repo="bare-edit")
+    assert "test-user/bare-edit" in str(url)
+    card = fake_hub.files("test-user/bare-edit", "main")["README.md"].decode()
+    assert "from_pretrained('test-user/bare-edit')" in card

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from olam_edit import Edit
+from olam_edit import Edit, model_lock
 from olam_edit.grid import to_uint8
 from olam_edit.request import EditRequest, Selection
 from olam_edit.rewriter import Rewriter
@@ -75,12 +75,12 @@ class Space:
         return self.studio.models.get("default")
 
     def reference_images(self, edit: Edit | None, seeds: list[int], scale: float = 1.0) -> np.ndarray:
-        with self.studio.models.lock:  # the shared model: take turns with the server
-            return to_uint8(self.generator.images(seeds, edit, scale))
+        return to_uint8(self.generator.images(seeds, edit, scale))  # a preview takes the model's lock
 
     def reference_edit(self, request: EditRequest, **settings) -> Edit:
-        with self.studio.models.lock, torch.no_grad():
-            rw = Rewriter(self.generator, request.layer, stats_samples=STATS_SAMPLES,
+        gen = self.generator
+        with model_lock(gen.model):  # the shared model: take turns with the server
+            rw = Rewriter(gen, request.layer, stats_samples=STATS_SAMPLES,
                           cache_dir=self.studio.settings.cache_dir, progress=False, **settings)
             return rw.rewrite(request)
 
@@ -360,16 +360,16 @@ def _foreign_edit_zip(space: Space, tmp: Path) -> Path:
     from olam_edit.adapters import TorchGenerator
     from olam_edit.adapters.face_dcgan import LATENT_SHAPE
 
-    with space.studio.models.lock:
-        other = copy.deepcopy(space.generator.model)
+    base = space.generator.model
+    with model_lock(base):  # the shared model: take turns with the server
+        other = copy.deepcopy(base)
     with torch.no_grad():
         other.main[6].weight.mul_(1.01)
     gen = TorchGenerator(other, LATENT_SHAPE, name="someone/fine-tuned-faces")
     request = EditRequest(LAYER, copy=Selection(7, stroke_layer(RULE_A["copy"][1])),
                           paste=Selection(3, stroke_layer(RULE_A["paste"][1])))
     rewriter = Rewriter(gen, LAYER, stats_samples=50, cache_dir=str(tmp / "other-stats"), progress=False)
-    with torch.no_grad():
-        edit = rewriter.rewrite(request)
+    edit = rewriter.rewrite(request)
     edit.save(tmp / "foreign" / "edit")
     return Path(shutil.make_archive(str(tmp / "foreign-edit"), "zip", tmp / "foreign", "edit"))
 
@@ -404,7 +404,8 @@ def test_publish_uses_the_users_login_never_the_spaces_token(space: Space, tmp_p
         (tmp_path / "pushed" / name).write_bytes(files[name])
     pushed = Edit.load(tmp_path / "pushed")
     edit = space.reference_edit(request)
-    torch.testing.assert_close(pushed.deltas[LAYER].lam, 0.5 * edit.deltas[LAYER].lam.float())  # at strength 0.5
+    assert pushed.deltas[LAYER].scale == 0.5  # published at the session's strength
+    torch.testing.assert_close(pushed.deltas[LAYER].lam, edit.deltas[LAYER].lam.float())
 
 
 # ------------------------------------------------------------------------------------ the commands
