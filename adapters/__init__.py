@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Generator
-from .torch_generator import TorchGenerator, load_default
+from olam_edit.adapters.base import Generator
+from olam_edit.adapters.torch_generator import TorchGenerator, load_default
 
 __all__ = ["Generator", "TorchGenerator", "load_default", "load_generator"]
 
@@ -34,7 +34,7 @@ def _load_local(path: Path, *, device: str = "cpu", **kwargs) -> Generator:
     from olam_edit.errors import RequestError, explain
 
     try:
-        from . import stylegan2
+        from olam_edit.adapters import stylegan2
     except ImportError:  # the StyleGAN2 adapter is optional until it lands
         stylegan2 = None
     if stylegan2 is not None and hasattr(stylegan2, "load_generator_from_path"):

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from olam_edit import SecondMoment, collect_stats, get_handle, list_layers, preview, stats_fingerprint
-from olam_edit.apply import model_lock
-from olam_edit.edit import Edit
+from olam_edit.edit.apply import model_lock
+from olam_edit.edit.core import Edit
 from olam_edit.errors import RequestError, explain
-from olam_edit.handles import LayerHandle
+from olam_edit.memory.handles import LayerHandle
 
 STATS_SEED = 1  # the reference collects C over latents drawn from seed 1
 
@@ -129,7 +129,7 @@ class Generator:
         """
         batches, sampler = self._stats_batches(samples, batch_size, seed)
         if stats_repo is not None:
-            from olam_edit.hub import pull_stats
+            from olam_edit.hub.stats import pull_stats
 
             fp = stats_fingerprint(self.model, layer, sampler, len(batches))
             return pull_stats(stats_repo, layer, expect_fingerprint=fp)

@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from olam_edit.adapters.base import Generator
 from torch import Tensor, nn
 
 from olam_edit import preview
-from olam_edit.edit import Edit
-
-from .base import Generator
+from olam_edit.edit.core import Edit
 
 
 class TorchGenerator(Generator):
@@ -42,7 +41,7 @@ class TorchGenerator(Generator):
 
 def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> TorchGenerator:
     """The embedded 64x64 face DCGAN (see ``weights/face_dcgan64.md``; non-commercial research data)."""
-    from .face_dcgan import LATENT_SHAPE, load_face_dcgan
+    from olam_edit.adapters.face_dcgan.model import LATENT_SHAPE, load_face_dcgan
 
     model = load_face_dcgan(dtype=dtype, device=device)
     return TorchGenerator(model, LATENT_SHAPE, name="olam-edit/face-dcgan64", license="mit")

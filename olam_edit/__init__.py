@@ -4,15 +4,15 @@ The core is framework-agnostic: it imports torch, numpy, safetensors and hugging
 Model families live in :mod:`olam_edit.adapters`.
 """
 
-from ._version import __version__
-from .apply import apply_edit, check_base, edited, edited_parameters, model_lock, preview, revert_edit
-from .collect import collect_stats, stats_fingerprint
-from .delta import Delta
-from .directions import context_directions, single_key_direction
-from .edit import Edit
-from .handles import LayerHandle, get_handle, list_layers
-from .solve import Problem, SolveReport, erase_delta, rewrite_layer, solve_lambda
-from .stats import SecondMoment
+from olam_edit._version import __version__
+from olam_edit.edit.apply import apply_edit, check_base, edited, edited_parameters, model_lock, preview, revert_edit
+from olam_edit.edit.core import Edit
+from olam_edit.memory.collect import collect_stats, stats_fingerprint
+from olam_edit.memory.delta import Delta
+from olam_edit.memory.directions import context_directions, single_key_direction
+from olam_edit.memory.handles import LayerHandle, get_handle, list_layers
+from olam_edit.memory.solve import Problem, SolveReport, erase_delta, rewrite_layer, solve_lambda
+from olam_edit.memory.stats import SecondMoment
 
 __all__ = [
     "Delta",

@@ -40,7 +40,6 @@ import torch
 from olam_edit.adapters import load_generator
 
 from olam_edit import Edit, check_base, context_directions, model_lock
-from olam_edit.directions import DEFAULT_RIDGE
 from olam_edit.errors import (
     BaseMismatchError,
     EditFileError,
@@ -49,11 +48,12 @@ from olam_edit.errors import (
     RequestError,
     explain,
 )
-from olam_edit.grid import to_uint8
-from olam_edit.request import EditRequest, Selection
-from olam_edit.rewriter import Rewriter
-from olam_edit.rule import weighted_keys
-from olam_edit.solve import DEFAULT_SMOOTHNESS
+from olam_edit.eval.grid import to_uint8
+from olam_edit.memory.directions import DEFAULT_RIDGE
+from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
+from olam_edit.rules.spatial.tensors import weighted_keys
 
 log = logging.getLogger("olam_edit.space")
 
@@ -269,7 +269,7 @@ def editor_mask(value: Any) -> np.ndarray:
         else:
             mask = _difference(value.get("background"), value.get("composite"))
     else:
-        from olam_edit.request import mask_from_image
+        from olam_edit.rules.spatial.request import mask_from_image
 
         mask = mask_from_image(value)
     if not np.isfinite(mask).all() or float(mask.max(initial=0.0)) <= 0.0:
@@ -346,7 +346,7 @@ def edit_name(edit: Edit) -> str:
 def zip_edit(edit: Edit, folder: str | Path, picture: bytes | None = None) -> Path:
     """Write the edit folder as a Hub repo would hold it (files, checksums, model card, before/after
     picture) into ``folder``/edit and zip it; returns the zip's path."""
-    from olam_edit.hub import stage_edit
+    from olam_edit.edit.publish import stage_edit
 
     out, name = Path(folder), edit_name(edit)
     (out / "edit").mkdir(parents=True, exist_ok=True)
@@ -358,7 +358,7 @@ def picture(generator: Any, edit: Edit, seeds: Sequence[int]) -> bytes:
     """A before/after PNG of ``seeds``."""
     import io
 
-    from olam_edit.grid import grid_image
+    from olam_edit.eval.grid import grid_image
 
     buf = io.BytesIO()
     grid_image([generator.images(list(seeds)), generator.images(list(seeds), edit)], ["before", "after"]).save(
@@ -385,7 +385,7 @@ def read_upload(path: str | Path, max_bytes: int, workdir: str | Path) -> Edit:
     else:
         raise EditFileError(explain(f"{path.name} is not an edit",
                                     expected="the .zip from 'Download edit' or an edit.safetensors"))
-    from olam_edit.hub import load_verified
+    from olam_edit.edit.publish import load_verified
 
     return load_verified(work)  # checksums.json (when present), then every check of Edit.load
 
@@ -596,7 +596,7 @@ def _check_ridge(ridge: Any) -> float:
 
 def _example_names() -> list[str]:
     try:
-        from olam_edit.examples import list_examples
+        from olam_edit.rules.spatial.examples import list_examples
 
         return list_examples()
     except (OSError, OlamEditError):
@@ -604,7 +604,7 @@ def _example_names() -> list[str]:
 
 
 def _example(name: str) -> tuple[EditRequest, dict[str, Any]]:
-    from olam_edit.examples import load_example
+    from olam_edit.rules.spatial.examples import load_example
 
     return load_example(name)
 

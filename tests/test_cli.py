@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import olam_edit as oe
-from olam_edit.request import EditRequest, Selection
+from olam_edit.rules.spatial.request import EditRequest, Selection
 
 _beside = Path(sys.executable).parent / "olam-edit"
 EXE = str(_beside) if _beside.exists() else shutil.which("olam-edit")

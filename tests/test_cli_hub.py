@@ -20,8 +20,9 @@ from olam_edit.adapters import load_default
 from test_hub import png_bytes, same, state, tiny_gen
 
 import olam_edit as oe
-from olam_edit import hub
 from olam_edit.cli import main
+from olam_edit.edit.publish import pull_edit
+from olam_edit.hub.stats import stats_path_in_repo
 
 REPO = "test-user/face-edit"
 _beside = Path(sys.executable).parent / "olam-edit"
@@ -72,7 +73,7 @@ def test_push_a_statistics_file(hf_env: FakeHub, tmp_path: Path) -> None:
     sm = tiny_gen().stats("3", samples=20, batch_size=10, cache_dir=tmp_path, progress=False)
     path = sm.save(tmp_path / "c.safetensors")
     assert main(["push", str(path), "test-user/stats"]) == 0
-    assert hub.stats_path_in_repo("3", sm.manifest["fingerprint"]) in hf_env.files("test-user/stats")
+    assert stats_path_in_repo("3", sm.manifest["fingerprint"]) in hf_env.files("test-user/stats")
 
 
 def test_errors_are_one_line_and_change_nothing(hf_env: FakeHub, tmp_path: Path, face_edit_dir: Path,
@@ -109,7 +110,7 @@ def test_environment_variables_in_a_subprocess(fake_hub: FakeHub, tmp_path: Path
     assert pushed.returncode == 0, pushed.stderr
     assert "edit.safetensors" in fake_hub.files(REPO)
 
-    hub.pull_edit(REPO, tmp_path / "online", endpoint=fake_hub.endpoint, cache_dir=home / "hub")  # fills the cache
+    pull_edit(REPO, tmp_path / "online", endpoint=fake_hub.endpoint, cache_dir=home / "hub")  # fills the cache
     seen = len(fake_hub.requests)
     offline = {**env, "HF_HUB_OFFLINE": "1", "HF_TOKEN": ""}
     pulled = subprocess.run([EXE, "pull", REPO, "--out", str(tmp_path / "offline")], env=offline,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from olam_edit.adapters.diffusers_text import (
+from olam_edit.adapters.diffusers.text import (
     corpus_prompts,
     cross_attention_layers,
     prior_matrix,

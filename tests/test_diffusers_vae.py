@@ -9,14 +9,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-from olam_edit.adapters.diffusers_vae import VAEDecode, vae_generator
+from olam_edit.adapters.diffusers.vae import VAEDecode, vae_generator
 from tiny_diffusers import tiny_vae
 
 import olam_edit as oe
 from olam_edit.errors import UnsupportedModelError
-from olam_edit.request import EditRequest, Selection
-from olam_edit.rewriter import Rewriter
-from olam_edit.solve import Problem, objective
+from olam_edit.memory.solve import Problem, objective
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
 
 LAYER = "decoder.up_blocks.0.resnets.0.conv2"  # 3x3 conv, 16 -> 16 channels, on the 8x8 latent grid
 

@@ -11,14 +11,8 @@ from safetensors.torch import load_file, save_file
 from tiny_models import tiny_dcgan
 
 import olam_edit as oe
-from olam_edit.edit_io import CONFIG_NAME, WEIGHTS_NAME
-from olam_edit.errors import (
-    DTypeMismatchError,
-    EditFileError,
-    NonFiniteError,
-    SchemaVersionError,
-    ShapeMismatchError,
-)
+from olam_edit.edit.files import CONFIG_NAME, WEIGHTS_NAME
+from olam_edit.errors import DTypeMismatchError, EditFileError, NonFiniteError, SchemaVersionError, ShapeMismatchError
 
 
 def _edit(model) -> oe.Edit:
@@ -130,7 +124,7 @@ def test_failed_save_leaves_previous_files(tmp_path, monkeypatch) -> None:
     model = tiny_dcgan()
     folder = _edit(model).save(tmp_path / "e")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    import olam_edit._io as io
+    import olam_edit.files.atomic as io
 
     def broken(*a, **k):
         raise OSError("disk full")

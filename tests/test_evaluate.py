@@ -14,10 +14,10 @@ from olam_edit.adapters import TorchGenerator, load_default
 from tiny_models import tiny_dcgan
 
 from olam_edit.errors import RequestError
-from olam_edit.evaluate import evaluate, heldout_seeds, score
-from olam_edit.examples import load_example
-from olam_edit.request import EditRequest, Selection
-from olam_edit.rewriter import Rewriter
+from olam_edit.eval.evaluate import evaluate, heldout_seeds, score
+from olam_edit.rules.spatial.examples import load_example
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
 
 
 def test_measures_match_a_hand_computation() -> None:

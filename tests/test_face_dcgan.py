@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from gan_face_generate.models import Generator  # test dependency, installed with --no-deps
-from olam_edit.adapters import convert_face_dcgan, face_dcgan
+from gan_face_generate.models import Generator
+from olam_edit.adapters.face_dcgan import convert as convert_face_dcgan
+from olam_edit.adapters.face_dcgan import model as face_dcgan
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -46,7 +47,7 @@ def _latents(seed: int, n: int) -> torch.Tensor:
 
 def _embedded_path() -> Path:
     """Path of the embedded weight file (the package is installed from a source tree)."""
-    return Path(str(importlib.resources.files("olam_edit.adapters") / "weights" / face_dcgan.WEIGHTS_FILE))
+    return Path(str(importlib.resources.files("olam_edit.adapters.face_dcgan") / "weights" / face_dcgan.WEIGHTS_FILE))
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from olam_edit.adapters import load_default
 
-from olam_edit.examples import list_examples, load_example
-from olam_edit.rewriter import Rewriter
+from olam_edit.rules.spatial.examples import list_examples, load_example
+from olam_edit.rules.spatial.rewriter import Rewriter
 
 
 @pytest.fixture(scope="module")

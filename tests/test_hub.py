@@ -21,8 +21,9 @@ from olam_edit.adapters import TorchGenerator
 from tiny_models import tiny_dcgan
 
 import olam_edit as oe
-from olam_edit import hub
-from olam_edit.apply import applied_edits
+from olam_edit.edit.apply import applied_edits
+from olam_edit.edit.card import FACE_MODEL, build_model_card
+from olam_edit.edit.publish import pull_edit, stage_edit
 from olam_edit.errors import (
     BaseMismatchError,
     ChecksumMismatchError,
@@ -35,9 +36,9 @@ from olam_edit.errors import (
     RequestError,
     StaleStatisticsError,
 )
-from olam_edit.model_card import FACE_MODEL, build_model_card
-from olam_edit.request import EditRequest, Selection
-from olam_edit.rewriter import Rewriter
+from olam_edit.hub.stats import push_stats, stats_path_in_repo
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
 
 REPO = "test-user/tiny-edit"
 STATS_REPO = "test-user/tiny-stats"
@@ -212,7 +213,7 @@ def test_offline_mode_serves_the_cache(fake_hub: FakeHub, tmp_path: Path, edits,
 
 
 def test_local_folder_and_its_checksums(tmp_path: Path, edits) -> None:
-    folder = hub.stage_edit(edits[0], tmp_path / "e", REPO)
+    folder = stage_edit(edits[0], tmp_path / "e", REPO)
     assert oe.Edit.from_pretrained(folder).fingerprint == edits[0].fingerprint
     assert oe.Edit.from_pretrained(folder / "edit.safetensors").fingerprint == edits[0].fingerprint
     data = (folder / "edit.safetensors").read_bytes()
@@ -263,7 +264,7 @@ def test_repo_not_found(fake_hub: FakeHub, tmp_path: Path) -> None:
     with pytest.raises(HubNotFoundError, match="does not exist"):
         load(fake_hub, tmp_path / "c", repo="test-user/missing")
     with pytest.raises(HubNotFoundError):
-        hub.pull_edit("test-user/missing", out, endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
+        pull_edit("test-user/missing", out, endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
     assert not out.exists() and not list((tmp_path / "c").rglob("*.safetensors"))
     with pytest.raises(EditFileError, match="no edit folder"):
         oe.Edit.from_pretrained(tmp_path / "no" / "such-dir")
@@ -277,7 +278,7 @@ def test_revision_that_does_not_exist(fake_hub: FakeHub, tmp_path: Path, edits) 
         load(fake_hub, tmp_path / "c", revision="v9", model=model)
     assert same(before, state(model))
     with pytest.raises(HubNotFoundError, match="revision"):
-        hub.pull_edit(REPO, tmp_path / "out", revision="v9", endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
+        pull_edit(REPO, tmp_path / "out", revision="v9", endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
     assert not (tmp_path / "out").exists()
 
 
@@ -295,7 +296,7 @@ def test_altered_download_is_refused_and_nothing_applied(fake_hub: FakeHub, tmp_
     assert same(before, state(model)) and applied_edits(model) == []
     out = tmp_path / "out"
     with pytest.raises(ChecksumMismatchError):
-        hub.pull_edit(REPO, out, endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
+        pull_edit(REPO, out, endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
@@ -345,24 +346,24 @@ def test_dropped_download_leaves_nothing_half_written(fake_hub: FakeHub, tmp_pat
     fault = fake_hub.fail_next("drop", count=50, path_contains="edit.safetensors", method="GET")
     out, cache = tmp_path / "out", tmp_path / "c"
     with pytest.raises(HubConnectionError):
-        hub.pull_edit(REPO, out, endpoint=fake_hub.endpoint, cache_dir=cache)
+        pull_edit(REPO, out, endpoint=fake_hub.endpoint, cache_dir=cache)
     assert fault.hits >= 1 and not out.exists() and not list(tmp_path.glob(".out*"))
     assert not list(cache.rglob("snapshots/*/edit.safetensors"))
     fake_hub.clear_faults()
-    assert oe.Edit.load(hub.pull_edit(REPO, out, endpoint=fake_hub.endpoint, cache_dir=cache)).layers == ["3"]
+    assert oe.Edit.load(pull_edit(REPO, out, endpoint=fake_hub.endpoint, cache_dir=cache)).layers == ["3"]
 
 
 def test_pull_writes_a_complete_folder_and_never_clobbers(fake_hub: FakeHub, tmp_path: Path, edits) -> None:
     push(fake_hub, edits[0], image=png_bytes())
     out, kw = tmp_path / "out", {"endpoint": fake_hub.endpoint, "cache_dir": tmp_path / "c"}
-    hub.pull_edit(REPO, out, **kw)
+    pull_edit(REPO, out, **kw)
     assert {p.name for p in out.iterdir()} == EDIT_FILES - {".gitattributes"} | {"before_after.png"}
     assert oe.Edit.from_pretrained(out).fingerprint == edits[0].fingerprint
     push(fake_hub, edits[1])
     with pytest.raises(OutputExistsError):
-        hub.pull_edit(REPO, out, **kw)
+        pull_edit(REPO, out, **kw)
     assert oe.Edit.load(out).fingerprint == edits[0].fingerprint  # untouched
-    hub.pull_edit(REPO, out, overwrite=True, **kw)
+    pull_edit(REPO, out, overwrite=True, **kw)
     assert oe.Edit.load(out).fingerprint == edits[1].fingerprint and not (out / "before_after.png").exists()
     assert not list(tmp_path.glob(".*"))  # no staging or backup folder left behind
 
@@ -373,7 +374,7 @@ def test_bad_input_is_refused_before_any_request(fake_hub: FakeHub, tmp_path: Pa
     with pytest.raises(RequestError, match="not a valid Hub repo id"):
         push(fake_hub, edits[0], repo="test-user/bad name!")
     with pytest.raises(RequestError, match="not a valid Hub repo id"):
-        hub.pull_edit("a/b/c", tmp_path / "out", endpoint=fake_hub.endpoint)
+        pull_edit("a/b/c", tmp_path / "out", endpoint=fake_hub.endpoint)
     assert fake_hub.requests == [] and not (tmp_path / "out").exists()
 
 
@@ -383,9 +384,9 @@ def test_bad_input_is_refused_before_any_request(fake_hub: FakeHub, tmp_path: Pa
 def test_stats_round_trip_and_a_rewriter_starts_from_them(hf_env: FakeHub, tmp_path: Path) -> None:
     gen = tiny_gen()
     local = gen.stats("3", samples=20, batch_size=10, cache_dir=tmp_path / "s", progress=False)
-    url = hub.push_stats(local, STATS_REPO)  # endpoint and token from the environment
+    url = push_stats(local, STATS_REPO)  # endpoint and token from the environment
     assert "/commit/" in url
-    path = hub.stats_path_in_repo("3", local.manifest["fingerprint"])
+    path = stats_path_in_repo("3", local.manifest["fingerprint"])
     assert set(hf_env.files(STATS_REPO)) == {".gitattributes", path}
     pulled = gen.stats("3", samples=20, batch_size=10, stats_repo=STATS_REPO)
     assert torch.equal(pulled.sum, local.sum) and pulled.count == local.count
@@ -397,7 +398,7 @@ def test_stats_round_trip_and_a_rewriter_starts_from_them(hf_env: FakeHub, tmp_p
 
 def test_stats_for_another_model_are_refused(hf_env: FakeHub, tmp_path: Path) -> None:
     local = tiny_gen().stats("3", samples=20, batch_size=10, cache_dir=tmp_path / "s", progress=False)
-    hub.push_stats(local, STATS_REPO)
+    push_stats(local, STATS_REPO)
     with pytest.raises(StaleStatisticsError, match=local.manifest["fingerprint"][:16]):
         tiny_gen(seed=1).stats("3", samples=20, batch_size=10, stats_repo=STATS_REPO)  # other weights
     with pytest.raises(StaleStatisticsError):
@@ -411,14 +412,14 @@ def test_mislabelled_stats_file_is_refused(hf_env: FakeHub, tmp_path: Path) -> N
     local = gen.stats("3", samples=20, batch_size=10, cache_dir=tmp_path / "s", progress=False)
     other = gen.stats("3", samples=30, batch_size=10, cache_dir=tmp_path / "s", progress=False)
     wrong = other.save(tmp_path / "wrong.safetensors").read_bytes()  # made for 30 samples, filed under 20
-    hf_env.commit_files(STATS_REPO, {hub.stats_path_in_repo("3", local.manifest["fingerprint"]): wrong})
+    hf_env.commit_files(STATS_REPO, {stats_path_in_repo("3", local.manifest["fingerprint"]): wrong})
     with pytest.raises(StaleStatisticsError, match="collected for something else"):
         gen.stats("3", samples=20, batch_size=10, stats_repo=STATS_REPO)
 
 
 def test_stats_without_fingerprint_cannot_be_pushed(fake_hub: FakeHub) -> None:
     with pytest.raises(RequestError, match="fingerprint"):
-        hub.push_stats(oe.SecondMoment(3), STATS_REPO, endpoint=fake_hub.endpoint, token=fake_hub.token)
+        push_stats(oe.SecondMoment(3), STATS_REPO, endpoint=fake_hub.endpoint, token=fake_hub.token)
     assert fake_hub.requests == []
 
 

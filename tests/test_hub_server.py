@@ -11,13 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from hub_server import DEFAULT_TOKEN, FakeHub, HfSandbox
-from huggingface_hub import (
-    CommitOperationAdd,
-    CommitOperationDelete,
-    HfApi,
-    hf_hub_download,
-    snapshot_download,
-)
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     BadRequestError,
     HfHubHTTPError,

@@ -16,9 +16,9 @@ from tiny_diffusers import tiny_pipeline, tiny_unet
 
 import olam_edit as oe
 from olam_edit.cli import main as cli_main
-from olam_edit.delta import Delta
+from olam_edit.edit.lora import lora_factors, to_lora
 from olam_edit.errors import LoraExportError
-from olam_edit.lora import lora_factors, to_lora
+from olam_edit.memory.delta import Delta
 
 TO_K = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
 TO_V = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"
@@ -95,7 +95,7 @@ def test_stock_peft_and_diffusers_loaders_match_our_apply(tmp_path) -> None:
 
 
 def test_text_rule_lora_renders_like_our_apply_in_a_pipeline(tmp_path) -> None:
-    from olam_edit.adapters.diffusers_text import text_edit
+    from olam_edit.adapters.diffusers.text import text_edit
 
     ours_pipe, stock_pipe = tiny_pipeline(tmp_path / "a"), tiny_pipeline(tmp_path / "b")  # same seed, same weights
     edit = text_edit(ours_pipe, "a rose", "a blue rose", prior="identity")
@@ -153,9 +153,9 @@ def test_import_works_without_diffusers_peft_and_transformers(tmp_path) -> None:
         for name in ("diffusers", "peft", "transformers"):
             sys.modules[name] = None  # any import of them now raises ImportError
         import torch, olam_edit
-        from olam_edit.lora import to_lora
+        from olam_edit.edit.lora import to_lora
         from olam_edit.cli import build_parser
-        from olam_edit.adapters import diffusers_text, diffusers_vae
+        from olam_edit.adapters.diffusers import text, vae
         model = torch.nn.Sequential(torch.nn.Linear(4, 3))
         delta = olam_edit.Delta(torch.ones(3, 1), torch.tensor([[1.0, 0, 0, 0]]), "linear")
         to_lora(olam_edit.Edit.create(model, {{"0": delta}}), {str(tmp_path / "out")!r}, "peft")

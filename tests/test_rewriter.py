@@ -8,9 +8,9 @@ from olam_edit.adapters import TorchGenerator
 from tiny_models import tiny_dcgan
 
 import olam_edit as oe
-from olam_edit.request import EditRequest, Selection
-from olam_edit.rewriter import Rewriter
-from olam_edit.solve import Problem, objective
+from olam_edit.memory.solve import Problem, objective
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
 
 
 def _gen() -> TorchGenerator:

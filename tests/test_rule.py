@@ -12,9 +12,9 @@ from tiny_models import tiny_dcgan
 
 import olam_edit as oe
 from olam_edit.errors import EmptySelectionError, LayerNotFoundError, RequestError
-from olam_edit.request import EditRequest, Selection, mask_from_image, mask_to_png
-from olam_edit.rewriter import Rewriter
-from olam_edit.rule import Box, paste_box, round_to_key_grid
+from olam_edit.rules.spatial.request import EditRequest, Selection, mask_from_image, mask_to_png
+from olam_edit.rules.spatial.rewriter import Rewriter
+from olam_edit.rules.spatial.tensors import Box, paste_box, round_to_key_grid
 
 
 def _gen() -> TorchGenerator:
@@ -74,7 +74,7 @@ def test_soft_alpha_and_clamped_paste() -> None:
 def test_masks_are_resized_like_pil_bilinear() -> None:
     """16 -> 8: output i averages inputs 2i-1..2i+2 with weights 1/8, 3/8, 3/8, 1/8 (renormalised at
     the border, where input -1 is missing: 3/7, 3/7, 1/7); the 2-D weights are the product."""
-    from olam_edit.rule import resize_mask, tight_box
+    from olam_edit.rules.spatial.tensors import resize_mask, tight_box
 
     m = resize_mask(_box_mask(16, 2, 6, 4, 8), (8, 8))
     assert tight_box(m, "copy") == Box(0, 4, 1, 5)  # faint edges count, as in the reference (> 0)
@@ -82,7 +82,7 @@ def test_masks_are_resized_like_pil_bilinear() -> None:
     col = {1: 1 / 8, 2: 7 / 8, 3: 7 / 8, 4: 1 / 8}  # cols 4..7 set: coverage of output cols 1..4
     for (i, a), (j, b) in [(r, c) for r in row.items() for c in col.items()]:
         assert float(m[i, j]) == pytest.approx(a * b, abs=1e-12)
-    from PIL import Image  # the reference code resizes masks with PIL's bilinear filter
+    from PIL import Image
 
     src = Image.fromarray(_box_mask(16, 2, 6, 4, 8).astype(np.float32), mode="F")
     pil = np.asarray(src.resize((8, 8), Image.BILINEAR))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tiny_models import key_map, single_layer
 
 import olam_edit as oe
-from olam_edit.solve import objective
+from olam_edit.memory.solve import objective
 
 KINDS = ["linear", "conv2d", "conv2d_strided", "conv_transpose2d"]
 
@@ -219,7 +219,7 @@ def test_unsupported_layers_are_named() -> None:
 
 
 def test_reference_iterative_fit_stays_in_span_D_and_lowers_the_l1_loss() -> None:
-    from olam_edit.iterative import fit_reference
+    from olam_edit.eval.iterative import fit_reference
 
     _, h, x, _, C, D = _setup("conv2d", rank=1)
     w0 = h.effective_weight().detach()

@@ -26,9 +26,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from olam_edit import Edit, model_lock
-from olam_edit.grid import to_uint8
-from olam_edit.request import EditRequest, Selection
-from olam_edit.rewriter import Rewriter
+from olam_edit.eval.grid import to_uint8
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_PATH = ROOT / "spaces_app" / "app.py"
@@ -38,7 +38,7 @@ ZOOM = 4  # 64 px samples are shown at 256 px
 
 
 def load_app():
-    from olam_edit.cli_demo import load_space_app
+    from olam_edit.cli.demo import load_space_app
 
     return load_space_app(APP_PATH)
 
@@ -260,7 +260,7 @@ def test_heatmap_and_more_samples(space: Space, tmp_path: Path) -> None:
 
 
 def test_example_rule_fills_the_selections_and_settings(space: Space) -> None:
-    from olam_edit.examples import list_examples, load_example
+    from olam_edit.rules.spatial.examples import list_examples, load_example
 
     name = list_examples()[0]
     c = space.client()
@@ -276,8 +276,9 @@ def test_a_hub_generator_named_in_the_ui(space: Space, tmp_path: Path, hf_sandbo
     import huggingface_hub.constants
     from hub_server import FakeHub
     from huggingface_hub import HfApi
-    from olam_edit.adapters._stylegan2_net import StyleGAN2Config, StyleGAN2Generator
-    from olam_edit.adapters.stylegan2 import save_stylegan2
+    from olam_edit.adapters.stylegan2.config import StyleGAN2Config
+    from olam_edit.adapters.stylegan2.files import save_stylegan2
+    from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 
     torch.manual_seed(0)
     save_stylegan2(StyleGAN2Generator(StyleGAN2Config(size=16, style_dim=16, n_mlp=2,
@@ -358,7 +359,7 @@ def _zip_of(files: dict[str, bytes]) -> bytes:
 def _foreign_edit_zip(space: Space, tmp: Path) -> Path:
     """A valid edit of a model whose main.6 differs from the Space's (fine-tuned, say)."""
     from olam_edit.adapters import TorchGenerator
-    from olam_edit.adapters.face_dcgan import LATENT_SHAPE
+    from olam_edit.adapters.face_dcgan.model import LATENT_SHAPE
 
     base = space.generator.model
     with model_lock(base):  # the shared model: take turns with the server

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 from olam_edit.adapters import stylegan2 as S
-from olam_edit.adapters._stylegan2_net import StyleGAN2Config, StyleGAN2Generator
+from olam_edit.adapters.stylegan2.config import StyleGAN2Config
+from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from torch import nn
 
 from olam_edit.errors import EditFileError, ShapeMismatchError, UnsafePickleError
@@ -385,7 +386,8 @@ def test_cli_convert_rosinality_to_safetensors(tmp_path) -> None:
     import sys
     from pathlib import Path
 
-    from olam_edit.adapters.stylegan2 import load_stylegan2, rosinality_checkpoint
+    from olam_edit.adapters.stylegan2.files import load_stylegan2
+    from olam_edit.adapters.stylegan2.rosinality import rosinality_checkpoint
 
     model = tiny()
     torch.save(rosinality_checkpoint(model), tmp_path / "g.pt")  # a fixture in rosinality's own layout

@@ -6,13 +6,10 @@ import math
 
 import pytest
 import torch
-from olam_edit.adapters._stylegan2_net import (
-    ModulatedConv,
-    StyleGAN2Config,
-    StyleGAN2Generator,
-    blur_kernel,
-    upsample_2x,
-)
+from olam_edit.adapters.stylegan2.config import StyleGAN2Config
+from olam_edit.adapters.stylegan2.modconv import ModulatedConv
+from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
+from olam_edit.adapters.stylegan2.ops import blur_kernel, upsample_2x
 
 
 def tiny_stylegan2(seed: int = 0, flavor: str = "rosinality", dtype: torch.dtype = torch.float32

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 from olam_edit.adapters import load_generator
-from olam_edit.adapters._stylegan2_handle import ModConvHandle
-from olam_edit.adapters._stylegan2_net import StyleGAN2Config, StyleGAN2Generator
-from olam_edit.adapters.stylegan2 import StyleGAN2Adapter, load_generator_from_path, save_stylegan2
+from olam_edit.adapters.stylegan2.config import StyleGAN2Config
+from olam_edit.adapters.stylegan2.files import save_stylegan2
+from olam_edit.adapters.stylegan2.generator import StyleGAN2Adapter, load_generator_from_path
+from olam_edit.adapters.stylegan2.handle import ModConvHandle
+from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 
 import olam_edit as oe
-import olam_edit.solve as core_solve
+import olam_edit.memory.solve as core_solve
 from olam_edit.errors import RequestError
-from olam_edit.request import EditRequest, Selection
-from olam_edit.rewriter import Rewriter
-from olam_edit.solve import _sqrt_psd, smoothness_matrix
+from olam_edit.memory.solve import _sqrt_psd, smoothness_matrix
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
 
 STYLE_DIM = 16  # equalised-lr scale 1/4: a stored affine weight of 4 is exactly 1 in effect
 MID, UP = "layers.layer4.conv", "layers.layer5.conv"  # 8x8 keys; 8x8 keys -> 16x16 values

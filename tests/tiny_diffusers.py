@@ -30,7 +30,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def corpus_words() -> tuple[str, ...]:
     """The test words plus every word of the shipped prompt corpus (so no prompt splits into letters)."""
-    from olam_edit.adapters.diffusers_text import corpus_prompts
+    from olam_edit.adapters.diffusers.text import corpus_prompts
 
     words = [w.strip(".,'") for p in corpus_prompts() for w in p.lower().split()]
     return tuple(dict.fromkeys([*WORDS, *(w for w in words if w)]))

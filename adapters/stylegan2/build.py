@@ -1,0 +1,55 @@
+"""Build a generator from a config and a state dict, refusing missing or unexpected keys."""
+
+from __future__ import annotations
+
+import torch
+from olam_edit.adapters.stylegan2.config import StyleGAN2Config
+from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
+
+from olam_edit.errors import EditFileError, ShapeMismatchError, explain
+
+FORMAT_NAME = "olam-edit-stylegan2"
+
+
+FORMAT_VERSION = 1
+
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+CONFIG_NAME = "config.json"
+
+
+def build_generator(config: StyleGAN2Config, state: dict[str, torch.Tensor], *,
+                    source: str) -> StyleGAN2Generator:
+    """A generator of ``config`` holding exactly ``state`` (float32, eval mode, no grad).
+
+    Raises EditFileError on missing or unexpected keys and ShapeMismatchError on wrong shapes,
+    before any weight is copied.
+    """
+    model = StyleGAN2Generator(config)
+    expected = model.state_dict()
+    _check_keys(set(expected), set(state), source)
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise ShapeMismatchError(explain(
+                f"{source}: tensor {key!r} has the wrong shape", got=tuple(state[key].shape),
+                expected=tuple(ref.shape), fix="The file does not match the architecture read from it."))
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    return model.eval().requires_grad_(False)
+
+
+def _check_keys(expected: set[str], got: set[str], source: str) -> None:
+    """Raise EditFileError naming the missing and unexpected tensor names."""
+    missing, extra = sorted(expected - got), sorted(got - expected)
+    if missing or extra:
+        raise EditFileError(explain(
+            f"{source}: tensors do not match a StyleGAN2 generator",
+            got=f"missing {_short(missing)}, unexpected {_short(extra)}",
+            fix="Pass an unmodified rosinality .pt, NVlabs .pkl or olam-edit model folder."))
+
+
+def _short(names: list[str], limit: int = 6) -> str:
+    """``[a, b, ... (+n more)]`` for error messages."""
+    head = ", ".join(names[:limit]) or "none"
+    return head + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")

@@ -1,0 +1,146 @@
+"""Our own format (``model.safetensors`` + ``config.json``), format sniffing, and conversion."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from olam_edit.adapters.stylegan2.build import (
+    CONFIG_NAME,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    _short,
+    build_generator,
+)
+from olam_edit.adapters.stylegan2.config import StyleGAN2Config
+from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
+from olam_edit.adapters.stylegan2.nvlabs import load_nvlabs_pickle
+from olam_edit.adapters.stylegan2.rosinality import load_rosinality
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from olam_edit.errors import EditFileError, explain
+
+
+def save_stylegan2(generator: StyleGAN2Generator, directory: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``directory`` (atomically); return it."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in generator.state_dict().items()}
+    config = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": generator.config.to_dict()}
+    metadata = {"format": "pt", "olam_edit": FORMAT_NAME}
+    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    return out
+
+
+def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
+    """Run ``write(temp_path)`` beside ``target``, then rename over it."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_olam_stylegan2(path: str | os.PathLike) -> StyleGAN2Generator:
+    """Load our format from its folder, or from its ``model.safetensors`` with ``config.json`` beside."""
+    folder = Path(path)
+    folder = folder if folder.is_dir() else folder.parent
+    config = _read_config(folder / CONFIG_NAME)
+    try:
+        state = load_file(folder / WEIGHTS_NAME)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise EditFileError(explain(f"{folder / WEIGHTS_NAME}: unreadable safetensors file",
+                                    got=str(exc)[:200], fix="Download or convert the model again.")) from exc
+    return build_generator(config, state, source=str(folder / WEIGHTS_NAME))
+
+
+def _read_config(path: Path) -> StyleGAN2Config:
+    """Parse and validate ``config.json``."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT_NAME:
+            raise EditFileError(explain(f"{path}: not an olam-edit StyleGAN2 config", got=data.get("format"),
+                                        expected=FORMAT_NAME))
+        return StyleGAN2Config.from_dict(data["config"])
+    except EditFileError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EditFileError(explain(f"{path}: unreadable StyleGAN2 config",
+                                    got=f"{type(exc).__name__}: {exc}",
+                                    fix="Re-create it with save_stylegan2 / convert_stylegan2.")) from exc
+
+
+_SUFFIX_RANK = {".safetensors": 0, ".pt": 1, ".pth": 1, ".pkl": 2}
+
+
+def find_stylegan2_file(repo_dir: str | os.PathLike) -> Path:
+    """The checkpoint to load from a downloaded snapshot: ours, else a ``.pt``/``.pth``, else a ``.pkl``.
+
+    Our ``model.safetensors`` counts only with ``config.json`` beside it. Two candidates of the best
+    kind raise EditFileError (name the file instead); none raises FileNotFoundError.
+    """
+    root = Path(repo_dir)
+    found: dict[int, list[Path]] = {}
+    for file in sorted(root.rglob("*")):
+        rank = _SUFFIX_RANK.get(file.suffix.lower())
+        hidden = any(part.startswith(".") for part in file.relative_to(root).parts)
+        if rank is None or hidden or not file.is_file():
+            continue
+        if rank == 0 and (file.name != WEIGHTS_NAME or not (file.parent / CONFIG_NAME).is_file()):
+            continue
+        found.setdefault(rank, []).append(file)
+    if not found:
+        raise FileNotFoundError(explain(f"no StyleGAN2 checkpoint in {root}",
+                                        expected="model.safetensors + config.json, *.pt or *.pkl"))
+    best = found[min(found)]
+    if len(best) > 1:
+        raise EditFileError(explain(f"several StyleGAN2 checkpoints in {root}",
+                                    got=_short([str(p.relative_to(root)) for p in best]),
+                                    fix="Name the file to load."))
+    return best[0]
+
+
+def _sniff(path: Path) -> str:
+    """``"ours"``, ``"rosinality"`` or ``"nvlabs"`` from the suffix, else from the first bytes."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors" or path.name == CONFIG_NAME:
+        return "ours"
+    if suffix in (".pt", ".pth"):
+        return "rosinality"
+    if suffix == ".pkl":
+        return "nvlabs"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK"):
+        return "rosinality"
+    if head[:1] == b"\x80":
+        return "rosinality" if head[1:2] == b"\x02" else "nvlabs"
+    raise EditFileError(explain(f"{path}: unknown checkpoint format", got=repr(head),
+                                expected=".safetensors, .pt or .pkl"))
+
+
+def load_stylegan2(path: str | os.PathLike) -> StyleGAN2Generator:
+    """Load a generator from any supported file, or from a folder (see :func:`find_stylegan2_file`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = find_stylegan2_file(path)
+    if not path.exists():
+        raise FileNotFoundError(explain(f"no such checkpoint: {path}"))
+    loader = {"ours": load_olam_stylegan2, "rosinality": load_rosinality, "nvlabs": load_nvlabs_pickle}
+    return loader[_sniff(path)](path)
+
+
+def convert_stylegan2(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
+    """Convert any supported checkpoint to our safetensors format in ``dst_dir``; return the folder."""
+    return save_stylegan2(load_stylegan2(src), dst_dir)

@@ -1,0 +1,47 @@
+"""The ``olam-edit`` command line: one module per command group, listed explicitly in :data:`MODULES`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from olam_edit._version import __version__
+from olam_edit.cli.common import commands_of
+from olam_edit.errors import OlamEditError
+
+#: The command modules, in the order ``olam-edit --help`` lists them. A new command group is one
+#: module in this folder with :func:`~olam_edit.cli.common.command`-marked functions, added here.
+MODULES = ("stats", "bench", "convert", "demo", "evaluate", "hub", "lora", "rewrite")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: every marked command of every module in :data:`MODULES`."""
+    parser = argparse.ArgumentParser(prog="olam-edit", description="Rewrite one rule inside a generative model.")
+    parser.add_argument("--version", action="version", version=f"olam-edit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for fn in _commands():
+        p = sub.add_parser(fn.cli_name, help=fn.cli_help, description=fn.cli_help)
+        fn.configure(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def _commands() -> list:
+    """The marked command functions of :data:`MODULES` (imported here; their heavy imports stay lazy)."""
+    import importlib
+
+    return [fn for name in MODULES for fn in commands_of(importlib.import_module(f"olam_edit.cli.{name}"))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (OlamEditError, OSError) as e:  # bad input or a missing/unreadable file: one line, no traceback
+        print(f"olam-edit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""CLI commands that measure rewrites: ``evaluate`` (against the paper's baselines) and ``sweep``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from olam_edit.cli.common import command, parse_seeds
+from olam_edit.errors import OlamEditError, RequestError, explain
+
+
+def _parse_region(text: str | None) -> str | tuple[int, ...] | None:
+    if text in (None, "heatmap"):
+        return None
+    if text == "example":
+        return "example"
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"bad region {text!r}; use y0,y1,x0,x1 (image pixels), 'example' or 'heatmap'")
+    return box
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="generator: 'default', a path or a Hub id")
+    p.add_argument("--seeds", type=parse_seeds, default=None, help="held-out seeds (default 10000-10199)")
+    p.add_argument("--region", type=_parse_region, default=None,
+                   help="y0,y1,x0,x1 box in image pixels, 'example' (the example's own box) or 'heatmap' (default)")
+    p.add_argument("--out", default="eval", help="folder for report.json and report.png (default ./eval)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the scores")
+
+
+def _load_spec(spec: str) -> tuple[Any, dict[str, Any]]:
+    """A request (example name or JSON file) or an edit folder, and the example's settings if any."""
+    from olam_edit.edit.core import Edit
+    from olam_edit.rules.spatial.examples import list_examples, load_example
+    from olam_edit.rules.spatial.request import EditRequest
+
+    if spec in list_examples():
+        return load_example(spec)
+    path = Path(spec)
+    if path.is_dir():
+        return Edit.load(path), {}
+    if path.is_file():
+        return EditRequest.load(path), {}
+    raise RequestError(explain(f"cannot find {spec!r}", expected=f"an example name {list_examples()}, a request "
+                               "JSON file or an edit folder"))
+
+
+def _region_mask(region: Any, settings: dict[str, Any], size: tuple[int, int]) -> torch.Tensor | None:
+    if region is None:
+        return None
+    box = settings.get("region") if region == "example" else region
+    if box is None:
+        raise RequestError(explain("--region example needs an example with a region", fix="Pass y0,y1,x0,x1."))
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[box[0] : box[1], box[2] : box[3]] = True
+    return mask
+
+
+def _rewriter(gen: Any, layer: str, settings: dict[str, Any]) -> Any:
+    from olam_edit.memory.directions import DEFAULT_RIDGE
+    from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
+    from olam_edit.rules.spatial.rewriter import Rewriter
+
+    return Rewriter(gen, layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS),
+                    ridge=settings.get("ridge", DEFAULT_RIDGE))
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="an example name, a request JSON or an edit folder")
+    _add_common(p)
+    p.add_argument("--quantile", type=float, default=0.999, help="heatmap threshold quantile (paper: 0.999)")
+    p.add_argument("--steps", type=int, default=2001, help="optimiser steps of each baseline (default 2001)")
+    p.add_argument("--no-baselines", action="store_true", help="measure the rewrite only")
+
+
+@command("evaluate", "measure an edit on held-out seeds against the paper's fine-tuning baselines")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from olam_edit.adapters import load_generator
+    from olam_edit.eval.evaluate import evaluate, render_strips, save_picture
+
+    obj, settings = _load_spec(args.spec)
+    gen = load_generator(args.model)
+    layer = obj.layer if hasattr(obj, "layer") else obj.layers[0]
+    size = tuple(gen.images([0]).shape[-2:])
+    report = evaluate(gen, obj, seeds=args.seeds, region=_region_mask(args.region, settings, size),
+                      baselines=not args.no_baselines, rewriter=_rewriter(gen, layer, settings),
+                      quantile=args.quantile, steps={"finetune_layer": args.steps, "finetune_all": args.steps})
+    out = Path(args.out)
+    from olam_edit.files.atomic import atomic_write_bytes
+
+    atomic_write_bytes(out / "report.json", (json.dumps(report.to_json(), indent=1) + "\n").encode())
+    save_picture(report, render_strips(gen, report.edit, report.models, report.seeds[:8]), out / "report.png")
+    print(report.table())
+    print(f"region covers {100 * report.region_fraction:.2f}% of pixels; wrote {out / 'report.json'}, "
+          f"{out / 'report.png'}")
+    if args.json:
+        print(json.dumps({k: {f: getattr(s, f) for f in ("in_region", "collateral", "generality")}
+                          for k, s in report.methods.items()}))
+    return 0
+
+
+cmd_evaluate.configure = _add_evaluate
+
+
+def _split(text: str, cast: type) -> list[Any]:
+    return [cast(v) for v in text.split(",") if v.strip()]
+
+
+def _add_sweep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="an example name or a request JSON")
+    _add_common(p)
+    p.add_argument("--layers", required=True, type=lambda t: _split(t, str), help="e.g. main.3,main.6,main.9")
+    p.add_argument("--ranks", default=[1], type=lambda t: _split(t, int), help="e.g. 1,2,4 (default 1)")
+
+
+@command("sweep", "rank layers and ranks for a request by in-region change over collateral")
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from olam_edit.adapters import load_generator
+    from olam_edit.eval.evaluate import sweep_chart
+
+    request, settings = _load_spec(args.spec)
+    if not hasattr(request, "layer"):
+        raise RequestError(explain("sweep needs a request, not an edit", fix="Pass an example name or a JSON."))
+    gen = load_generator(args.model)
+    size = tuple(gen.images([0]).shape[-2:])
+    rows = [_sweep_one(gen, request, settings, layer, rank, args, size) for layer in args.layers for rank in args.ranks]
+    rows.sort(key=lambda r: -r.get("ratio", -1.0))
+    _print_sweep(rows)
+    out = Path(args.out)
+    from olam_edit.files.atomic import atomic_write_bytes
+
+    atomic_write_bytes(out / "sweep.json", (json.dumps(rows, indent=1) + "\n").encode())
+    sweep_chart(rows).save(out / "sweep.png")
+    print(f"wrote {out / 'sweep.json'}, {out / 'sweep.png'}")
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+cmd_sweep.configure = _add_sweep
+
+
+def _sweep_one(gen: Any, request: Any, settings: dict[str, Any], layer: str, rank: int, args: argparse.Namespace,
+               size: tuple[int, int]) -> dict[str, Any]:
+    from olam_edit.eval.evaluate import evaluate
+
+    req = dataclasses.replace(request, layer=layer, rank=rank)
+    try:
+        report = evaluate(gen, req, seeds=args.seeds, region=_region_mask(args.region, settings, size),
+                          baselines=False, rewriter=_rewriter(gen, layer, settings), progress=False)
+    except OlamEditError as e:
+        return {"layer": layer, "rank": rank, "error": str(e)}
+    s = report.methods["rewrite"]
+    return {"layer": layer, "rank": rank, "in_region": s.in_region, "collateral": s.collateral, "ratio": s.ratio,
+            "generality": s.generality, "relative_norm": report.settings["relative_norm"]}
+
+
+def _print_sweep(rows: list[dict[str, Any]]) -> None:
+    print(f"{'layer':<12}{'rank':>5}{'in_region':>11}{'collateral':>12}{'ratio':>8}{'generality':>12}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['layer']:<12}{r['rank']:>5}  failed: {r['error'][:80]}")
+        else:
+            print(f"{r['layer']:<12}{r['rank']:>5}{r['in_region']:>11.4f}{r['collateral']:>12.4f}{r['ratio']:>8.2f}"
+                  f"{r['generality']:>12.2f}")

@@ -1,0 +1,115 @@
+"""CLI commands that author and apply rewrites: ``example``, ``rewrite``, ``apply``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from olam_edit.cli.common import command, parse_seeds
+from olam_edit.memory.directions import DEFAULT_RIDGE
+from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
+
+HELDOUT_SEEDS = "1000-1015"
+
+
+def _report(edit, seconds: float) -> None:
+    m = edit.manifest.get("metrics", {})
+    print(f"||dW||/||W|| = {m.get('relative_norm', float('nan')):.4f}   solved in {seconds:.2f} s")
+
+
+def _before_after(gen, edit, seeds: list[int], path: Path, scale: float = 1.0) -> Path:
+    from olam_edit.eval.grid import save_grid
+
+    before, after = gen.images(seeds), gen.images(seeds, edit, scale)
+    return save_grid([before, after], path, labels=["before", f"after x{scale:g}" if scale != 1 else "after"])
+
+
+def _add_example(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", default=None, help="example name (default: the first; --list shows all)")
+    p.add_argument("--out", default="out", help="output folder (default ./out)")
+    p.add_argument("--seeds", type=parse_seeds, default=None, help="held-out seeds for the grid (default 1000-1015)")
+    p.add_argument("--list", action="store_true", help="list the examples and exit")
+
+
+@command("example", "run a curated rewrite of the embedded face model end to end")
+def cmd_example(args: argparse.Namespace) -> int:
+    from olam_edit.adapters import load_default
+    from olam_edit.rules.spatial.examples import list_examples, load_example
+    from olam_edit.rules.spatial.rewriter import Rewriter
+
+    names = list_examples()
+    if args.list:
+        for name in names:
+            print(f"{name}: {load_example(name)[0].description}")
+        return 0
+    request, settings = load_example(args.name or names[0])
+    print(f"example {request.name!r}: {request.description} (layer {request.layer}, rank {request.rank})")
+    gen, t0 = load_default(), time.perf_counter()
+    rw = Rewriter(gen, request.layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS),
+                  ridge=settings.get("ridge", DEFAULT_RIDGE))
+    edit = rw.rewrite(request)
+    _report(edit, time.perf_counter() - t0)
+    out = Path(args.out)
+    print(f"wrote {edit.save(out / 'edit')}")
+    seeds = args.seeds or parse_seeds(HELDOUT_SEEDS)
+    print(f"wrote {_before_after(gen, edit, seeds, out / 'before_after.png')}")
+    return 0
+
+
+cmd_example.configure = _add_example
+
+
+def _add_rewrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("request", help="request JSON (see olam_edit/examples/*.json)")
+    p.add_argument("--model", default="default", help="generator: 'default', a path or a Hub id")
+    p.add_argument("--out", required=True, help="folder to write the edit into")
+    p.add_argument("--smoothness", type=float, default=DEFAULT_SMOOTHNESS, help="the paper's 1/lambda")
+    p.add_argument("--samples", type=int, default=1000, help="samples for the key statistics")
+    p.add_argument("--grid", default=None, help="also write a before/after PNG over held-out seeds")
+
+
+@command("rewrite", "solve a request (context / copy / paste) and save the edit")
+def cmd_rewrite(args: argparse.Namespace) -> int:
+    from olam_edit.adapters import load_generator
+    from olam_edit.rules.spatial.request import EditRequest
+    from olam_edit.rules.spatial.rewriter import Rewriter
+
+    request = EditRequest.load(args.request)
+    gen, t0 = load_generator(args.model), time.perf_counter()
+    edit = Rewriter(gen, request.layer, smoothness=args.smoothness, stats_samples=args.samples).rewrite(request)
+    _report(edit, time.perf_counter() - t0)
+    print(f"wrote {edit.save(args.out)}")
+    if args.grid:
+        print(f"wrote {_before_after(gen, edit, parse_seeds(HELDOUT_SEEDS), Path(args.grid))}")
+    return 0
+
+
+cmd_rewrite.configure = _add_rewrite
+
+
+def _add_apply(p: argparse.ArgumentParser) -> None:
+    p.add_argument("edit", help="edit folder, or the Hub repo id of a published edit")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of a Hub edit (default main)")
+    p.add_argument("--model", default="default", help="generator: 'default', a path or a Hub id")
+    p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-15"), help="seeds to render, e.g. 0-15")
+    p.add_argument("--grid", required=True, help="before/after PNG to write")
+    p.add_argument("--scale", type=float, default=1.0, help="strength (0 = base model)")
+    p.add_argument("--force", action="store_true", help="apply even if the base fingerprint differs")
+
+
+@command("apply", "render samples before and after applying an edit")
+def cmd_apply(args: argparse.Namespace) -> int:
+    from olam_edit.adapters import load_generator
+    from olam_edit.edit.apply import apply_edit, revert_edit
+    from olam_edit.edit.core import Edit
+
+    edit = Edit.from_pretrained(args.edit, revision=args.revision)  # a folder or a Hub id, verified
+    gen = load_generator(args.model)
+    apply_edit(gen.model, edit, scale=args.scale, force=args.force)  # validates the base before rendering
+    revert_edit(gen.model, edit)
+    print(f"wrote {_before_after(gen, edit, args.seeds, Path(args.grid), args.scale)}")
+    return 0
+
+
+cmd_apply.configure = _add_apply

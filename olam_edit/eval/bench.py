@@ -1,0 +1,159 @@
+"""``olam-edit bench``: performance as ratios against a baseline run in the same process.
+
+These machines are noisy, so nothing is compared with an absolute time: each number is a ratio of
+two medians measured back to back. Targets are printed beside the numbers; missing one is reported,
+not an error.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from olam_edit.edit.core import Edit
+from olam_edit.eval.iterative import fit_adam_objective, fit_reference
+from olam_edit.memory.collect import collect_stats
+from olam_edit.memory.delta import Delta
+from olam_edit.memory.directions import context_directions
+from olam_edit.memory.handles import get_handle
+from olam_edit.memory.solve import Problem, objective, solve_lambda
+from olam_edit.memory.stats import SecondMoment
+
+TARGETS = {"stats_overhead": 1.25, "accumulate_ratio": 1.4, "solve_time_ratio": 0.01,
+           "solve_objective_ratio": 1.0, "size_ratio": 0.01}
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _paired(candidate: Callable[[], Any], baseline: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
+    """Run candidate and baseline alternately; the median of per-pair ratios resists machine noise.
+
+    Returns (median ratio, median candidate seconds, median baseline seconds).
+    """
+    ratios, tc, tb = [], [], []
+    for _ in range(repeats):
+        tc.append(_median_time(candidate, 1))
+        tb.append(_median_time(baseline, 1))
+        ratios.append(tc[-1] / tb[-1])
+    return statistics.median(ratios), statistics.median(tc), statistics.median(tb)
+
+
+def bench_stats_overhead(repeats: int = 3, samples: int = 200) -> dict[str, float]:
+    """collect_stats on one layer of the embedded face model vs the plain forward of the same samples."""
+    from olam_edit.adapters import load_default
+
+    gen = load_default()
+    batches = [gen.latents(range(i, i + 25)) for i in range(0, samples, 25)]
+
+    def plain() -> None:
+        with torch.no_grad():
+            for z in batches:
+                gen.model(z)
+
+    def stats() -> None:
+        collect_stats(gen.model, ["main.12"], batches, progress=False)
+
+    plain()
+    ratio, t_stats, t_plain = _paired(stats, plain, repeats)
+    return {"stats_overhead": ratio, "plain_forward_s": t_plain, "collect_stats_s": t_stats}
+
+
+def bench_accumulate(repeats: int = 3, rows: int = 131072, dim: int = 512) -> dict[str, float]:
+    """SecondMoment.add over ``rows`` keys vs one float64 X^T X of the same rows."""
+    X = torch.randn(rows, dim, dtype=torch.float64)  # [M, 512]
+    ratio, t_add, t_ref = _paired(lambda: SecondMoment(dim).add(X), lambda: X.T @ X, repeats)
+    return {"accumulate_ratio": ratio, "add_s": t_add, "xtx_s": t_ref}
+
+
+def _solve_problem(channels: int = 512, size: int = 32, crop: int = 8) -> tuple[Problem, torch.Tensor, torch.Tensor]:
+    """A 512-channel 3x3 conv at 32x32 with a crop target, its C and a rank-1 D."""
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (1.0 / (channels * 9) ** 0.5))
+    model = nn.Sequential(conv)
+    x_full = torch.relu(torch.randn(4, channels, size, size, generator=g))  # [4, 512, 32, 32]
+    h = get_handle(model, "0")
+    C = SecondMoment(channels).add(h.keys_of(x_full)).moment()
+    x = x_full[:1, :, 8 : 8 + crop + 2, 8 : 8 + crop + 2].double()  # key crop [1, 512, 10, 10]
+    ctx = h.keys_of(x_full[1:2, :, 8 : 8 + crop, 8 : 8 + crop])  # [64, 512] context keys
+    D = context_directions(ctx, None, C, rank=1)
+    w0 = conv.weight.detach().double()
+    lam_true = torch.randn(h.lam_of(w0, D).shape, generator=g, dtype=torch.float64)  # a rule to recover
+    v_rule = h.linear_op(x, w0 + h.dense(lam_true, D))
+    v_star = v_rule + 0.05 * v_rule.std() * torch.randn(v_rule.shape, generator=g, dtype=torch.float64)
+    return Problem(h, x, v_star), D, C
+
+
+def bench_solve(repeats: int = 3, reference_steps: int = 2001, smoothness: float = 1.0, channels: int = 512,
+                adam_steps: int = 3000) -> dict[str, float]:
+    """Closed form vs the reference's 2001 Adam steps (time), and vs Adam on the same objective (value)."""
+    problem, D, C = _solve_problem(channels)
+    t_closed = _median_time(lambda: solve_lambda(problem, D, C, smoothness), repeats)
+    t_ref = _median_time(lambda: fit_reference(problem, D, steps=reference_steps), 1)
+    lam = solve_lambda(problem, D, C, smoothness)
+    lam_adam = fit_adam_objective(problem, D, C, smoothness, steps=adam_steps, lr=0.02)
+    obj_closed = objective(problem, lam, D, C, smoothness)
+    obj_adam = objective(problem, lam_adam, D, C, smoothness)
+    return {"solve_time_ratio": t_closed / t_ref, "closed_form_s": t_closed, "reference_s": t_ref,
+            "solve_objective_ratio": obj_closed / obj_adam, "objective_closed": obj_closed,
+            "objective_adam": obj_adam}
+
+
+def bench_size() -> dict[str, float]:
+    """Bytes of a rank-1 edit file of a 512x512x3x3 conv vs the dense float32 weight."""
+    problem, D, C = _solve_problem()
+    model = nn.Sequential(problem.handle.module)
+    lam = solve_lambda(problem, D, C, 1.0).float()
+    edit = Edit.create(model, {"0": Delta(lam, D.float(), problem.handle.layout)}, base_model="bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        size = (edit.save(Path(tmp)) / "edit.safetensors").stat().st_size
+    dense = problem.handle.parameter.numel() * 4
+    return {"size_ratio": size / dense, "edit_bytes": size, "dense_bytes": dense}
+
+
+def run_bench(quick: bool = False) -> dict[str, float]:
+    """All benchmarks; ``quick`` shrinks repeats and the reference's steps (for tests only)."""
+    reps = 1 if quick else 5
+    results: dict[str, float] = {}
+    results.update(bench_stats_overhead(reps, samples=50 if quick else 200))
+    results.update(bench_accumulate(reps, rows=8192 if quick else 131072))
+    if quick:
+        results.update(bench_solve(reps, reference_steps=21, channels=32, adam_steps=300))
+    else:
+        results.update(bench_solve(reps))
+    results.update(bench_size())
+    return results
+
+
+def format_table(results: dict[str, float]) -> str:
+    lines = [f"{'measure':<24}{'ratio':>12}{'target':>10}  met", "-" * 52]
+    for key, target in TARGETS.items():
+        ok = "yes" if results[key] <= target else "NO"
+        lines.append(f"{key:<24}{results[key]:>12.6g}{'<= ' + str(target):>10}  {ok}")
+    lines.append("")
+    lines += [f"  {k} = {v:.6g}" for k, v in results.items() if k not in TARGETS]
+    return "\n".join(lines)
+
+
+def main(as_json: bool = False, quick: bool = False) -> int:
+    results = run_bench(quick=quick)
+    print(format_table(results))
+    if as_json:
+        print(json.dumps({k: results[k] for k in TARGETS}))
+    return 0

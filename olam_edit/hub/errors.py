@@ -1,0 +1,107 @@
+"""Translate huggingface_hub client errors into HubError subclasses that say what failed and how to fix it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from olam_edit.errors import (
+    HubAuthError,
+    HubConnectionError,
+    HubError,
+    HubNotFoundError,
+    OlamEditError,
+    explain,
+)
+
+
+@contextlib.contextmanager
+def hub_errors(action: str, repo_id: str, revision: str | None = None) -> Iterator[None]:
+    """Translate ``huggingface_hub`` / network errors raised inside the block into HubError subclasses.
+
+    ``action`` completes "cannot ... <repo_id>" in the message. Our own errors pass through unchanged.
+    """
+    try:
+        yield
+    except OlamEditError:
+        raise
+    except Exception as e:
+        translated = translate_error(e, action, repo_id, revision)
+        if translated is None:
+            raise
+        raise translated from e
+
+
+def translate_error(e: Exception, action: str, repo_id: str, revision: str | None = None) -> HubError | None:
+    """The HubError that explains ``e``, or None when ``e`` is not a Hub or network error."""
+    from huggingface_hub import errors as hf
+
+    where = f"{repo_id} at revision {revision!r}" if revision else repo_id
+    head = f"cannot {action} {where}"
+    if isinstance(e, hf.RevisionNotFoundError):
+        return HubNotFoundError(explain(f"cannot {action} {repo_id}: revision {revision or 'main'!r} does not exist",
+                                        fix="Use an existing branch, tag or commit id "
+                                            "(HfApi().list_repo_refs(repo_id) lists them)."))
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return HubNotFoundError(explain(f"{head}: the repo does not exist, or it is private and no valid token "
+                                        "was given", got=_server_message(e),
+                                        fix="Check the repo id; for a private repo set HF_TOKEN or pass token=."))
+    if isinstance(e, hf.LocalEntryNotFoundError | hf.OfflineModeIsEnabled):
+        return _offline_error(head, e)
+    if isinstance(e, getattr(hf, "RemoteEntryNotFoundError", hf.EntryNotFoundError)):
+        return HubNotFoundError(explain(f"{head}: a file is missing from the repo", got=_server_message(e)))
+    if isinstance(e, hf.LocalTokenNotFoundError):
+        return _no_token_error()
+    if isinstance(e, hf.HfHubHTTPError):
+        return _http_error(e, head)
+    if _is_transport_error(e):
+        return HubConnectionError(explain(f"{head}: the connection to the Hub failed", got=f"{type(e).__name__}: {e}",
+                                          fix="Check the network and HF_ENDPOINT, then try again."))
+    return None
+
+
+def _server_message(e: Exception) -> str:
+    message = getattr(e, "server_message", None) or str(e)
+    return message.strip().splitlines()[0] if message.strip() else type(e).__name__
+
+
+def _status(e: Exception) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _http_error(e: Exception, head: str) -> HubError:
+    status = _status(e)
+    if status in (401, 403):
+        return HubAuthError(explain(f"{head}: the Hub refused the token", got=f"HTTP {status}: {_server_message(e)}",
+                                    fix="Set HF_TOKEN (or pass token=) to a valid token, with write access to "
+                                        "the namespace for a push; `hf auth login` stores one."))
+    return HubError(explain(f"{head}: the Hub answered HTTP {status}", got=_server_message(e),
+                            fix="Try again later."))
+
+
+def _offline_error(head: str, e: Exception) -> HubConnectionError:
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf
+
+    cache = " and the files are not in the local cache" if isinstance(e, hf.LocalEntryNotFoundError) else ""
+    if constants.HF_HUB_OFFLINE:
+        why, fix = "offline mode is on (HF_HUB_OFFLINE=1)", "Unset HF_HUB_OFFLINE and try again with network access."
+    else:
+        why = "the Hub could not be asked (network error, or local_files_only=True)"
+        fix = "Check the network and HF_ENDPOINT, then try again."
+    return HubConnectionError(explain(f"{head}: {why}{cache}", fix=fix))
+
+
+def _no_token_error() -> HubAuthError:
+    return HubAuthError(explain("publishing needs a Hugging Face token with write access", got="no token",
+                                fix="Set HF_TOKEN, pass token=..., or run `hf auth login`."))
+
+
+def _is_transport_error(e: Exception) -> bool:
+    """Network failures: builtin ConnectionError/TimeoutError or an httpx/httpx2/requests transport error."""
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True
+    names = {"TransportError", "RequestError", "ConnectionError", "Timeout", "TimeoutException"}
+    libraries = {"httpx", "httpx2", "requests", "urllib3"}
+    return any(c.__name__ in names and c.__module__.split(".")[0] in libraries for c in type(e).__mro__)

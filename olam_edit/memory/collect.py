@@ -1,0 +1,183 @@
+"""collect_stats: one pass over sample batches that accumulates C = E[k k^T] for several layers.
+
+The forward stops as soon as every requested layer has seen its input. Results are cached under a
+fingerprint of everything they depend on (model weights, layer, sampler settings, sample count,
+dtype), partial sums are checkpointed atomically so an interrupted run resumes, and when
+``torch.distributed`` is initialised each process takes every world_size-th batch and the sums
+are all-reduced.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from olam_edit._version import __version__
+from olam_edit.errors import RequestError, explain
+from olam_edit.files.fingerprint import json_fingerprint, model_fingerprint
+from olam_edit.memory.handles import LayerHandle, get_handle
+from olam_edit.memory.stats import STATS_SCHEMA, SecondMoment
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every requested layer has been seen."""
+
+
+def _default_forward(model: nn.Module, batch: Any) -> Any:
+    return model(*batch) if isinstance(batch, tuple | list) else model(batch)
+
+
+def stats_fingerprint(model: nn.Module, layer: str, sampler: dict[str, Any], num_batches: int,
+                      model_fp: str | None = None) -> str:
+    """The fingerprint a statistics file of ``layer`` must carry to be reused."""
+    handle = get_handle(model, layer)
+    return json_fingerprint({
+        "model": model_fp or model_fingerprint(model), "layer": layer, "sampler": sampler,
+        "num_batches": num_batches, "dtype": str(handle.parameter.dtype), "schema": STATS_SCHEMA,
+    })
+
+
+def _cache_path(cache_dir: Path, layer: str, fp: str, suffix: str = "") -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
+    return cache_dir / f"{safe}-{fp[:16]}{suffix}.safetensors"
+
+
+def _dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Collector:
+    """Hooks on several handles that add their keys to SecondMoments and stop the forward early."""
+
+    def __init__(self, handles: list[LayerHandle], moments: dict[str, SecondMoment]) -> None:
+        self.handles, self.moments, self.seen = handles, moments, set()
+
+    def _hook_for(self, h: LayerHandle) -> Callable[[torch.Tensor], None]:
+        def on_keys(x: torch.Tensor) -> None:
+            self.moments[h.name].add(h.keys_of(x.detach()))  # keys [N, in]
+            self.seen.add(h.name)
+            if len(self.seen) == len(self.handles):
+                raise _StopForward
+
+        return on_keys
+
+    def run(self, model: nn.Module, batch: Any, forward: Callable[[nn.Module, Any], Any]) -> None:
+        self.seen = set()
+        hooks = [h.register_key_hook(self._hook_for(h)) for h in self.handles]
+        try:
+            with torch.no_grad():
+                forward(model, batch)
+        except _StopForward:
+            pass
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
+def collect_stats(
+    model: nn.Module,
+    layers: str | Sequence[str],
+    batches: Sequence[Any],
+    *,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    sampler: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+    checkpoint_every: int = 25,
+    progress: bool = True,
+) -> dict[str, SecondMoment]:
+    """Accumulate C = E[k k^T] of each layer in ``layers`` over ``batches``.
+
+    ``batches`` is an indexable sequence of model inputs (``forward(model, batch)`` runs one; the
+    default calls ``model(batch)``). ``sampler`` describes how the batches were made (seed, count,
+    truncation, ...); it is required for caching, since the cache key is built from it. With
+    ``cache_dir``, finished statistics are reused when their fingerprint matches, and partial sums
+    are checkpointed every ``checkpoint_every`` batches. Returns ``{layer: SecondMoment}``; every
+    SecondMoment's ``manifest`` holds its ``fingerprint``.
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    handles = [get_handle(model, n) for n in names]
+    if cache_dir is not None and sampler is None:
+        raise RequestError(explain("caching statistics needs a sampler description",
+                                   fix="Pass sampler={'seed': ..., 'count': ...} describing the batches."))
+    mfp = model_fingerprint(model) if sampler is not None else None
+    fps = {n: stats_fingerprint(model, n, sampler, len(batches), mfp) for n in names} if sampler else {}
+    cache = Path(cache_dir) if cache_dir is not None else None
+    done = _load_cached(cache, fps) if cache else {}
+    todo = [h for h in handles if h.name not in done]
+    if todo:
+        done.update(_run(model, todo, batches, forward or _default_forward, fps, sampler, cache,
+                         checkpoint_every, progress))
+    return {n: done[n] for n in names}
+
+
+def _load_cached(cache: Path, fps: dict[str, str]) -> dict[str, SecondMoment]:
+    found = {}
+    for name, fp in fps.items():
+        path = _cache_path(cache, name, fp)
+        if path.exists():
+            found[name] = SecondMoment.load(path, expect_fingerprint=fp)
+    return found
+
+
+def _resume(cache: Path | None, todo: list[LayerHandle], fps: dict[str, str], rank: int
+            ) -> tuple[dict[str, SecondMoment], int]:
+    """Moments to start from and how many of this process's batches they already hold."""
+    fresh = {h.name: SecondMoment(h.key_dim, device=h.parameter.device) for h in todo}
+    if cache is None or not fps:
+        return fresh, 0
+    parts = {}
+    for h in todo:
+        path = _cache_path(cache, h.name, fps[h.name], f".rank{rank}.partial")
+        if not path.exists():
+            return fresh, 0
+        parts[h.name] = SecondMoment.load(path, expect_fingerprint=fps[h.name])
+    steps = {int(p.manifest["batches_done"]) for p in parts.values()}
+    return (parts, steps.pop()) if len(steps) == 1 else (fresh, 0)
+
+
+def _save_partial(cache: Path, moments: dict[str, SecondMoment], fps: dict[str, str], rank: int,
+                  done: int) -> None:
+    for name, sm in moments.items():
+        sm.save(_cache_path(cache, name, fps[name], f".rank{rank}.partial"),
+                {"fingerprint": fps[name], "layer": name, "batches_done": done})
+
+
+def _run(model: nn.Module, todo: list[LayerHandle], batches: Sequence[Any], forward: Callable,
+         fps: dict[str, str], sampler: dict[str, Any] | None, cache: Path | None, every: int,
+         progress: bool) -> dict[str, SecondMoment]:
+    rank, world = _dist_info()
+    mine = list(range(rank, len(batches), world))
+    moments, start = _resume(cache, todo, fps, rank)
+    collector = _Collector(todo, moments)
+    bar = tqdm(total=len(mine), initial=start, disable=not progress, desc="collecting key statistics")
+    for step in range(start, len(mine)):
+        collector.run(model, batches[mine[step]], forward)
+        bar.update(1)
+        if cache is not None and fps and (step + 1) % every == 0 and step + 1 < len(mine):
+            _save_partial(cache, moments, fps, rank, step + 1)
+    bar.close()
+    return _finish(moments, fps, sampler, cache, rank, world)
+
+
+def _finish(moments: dict[str, SecondMoment], fps: dict[str, str], sampler: dict[str, Any] | None,
+            cache: Path | None, rank: int, world: int) -> dict[str, SecondMoment]:
+    for name, sm in moments.items():
+        if world > 1:
+            sm.all_reduce()
+        sm.manifest = {"fingerprint": fps.get(name), "layer": name, "sampler": sampler,
+                       "olam_edit_version": __version__}
+        if cache is not None and fps:
+            if rank == 0:
+                sm.save(_cache_path(cache, name, fps[name]))
+            _cache_path(cache, name, fps[name], f".rank{rank}.partial").unlink(missing_ok=True)
+    return moments

@@ -1,0 +1,80 @@
+"""Context directions D: the rows that say *which keys* a rule applies to.
+
+D spans the top-r generalised eigenvectors of (S, C + ridge I) with S = sum_j w_j^2 k_j k_j^T over
+the mask-weighted context keys: the directions whose context energy is largest relative to their
+energy over all keys. For one key this is d ~ C^{-1} k*, the paper's direction. Everything runs in
+float64 with an explicit ridge; nothing is inverted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from olam_edit.errors import EmptySelectionError, NonFiniteError, ShapeMismatchError, SingularStatisticError, explain
+
+DEFAULT_RIDGE = 1e-4
+
+
+def _check_inputs(keys: Tensor, weights: Tensor, C: Tensor) -> None:
+    d = C.shape[0]
+    if C.shape != (d, d) or keys.ndim != 2 or keys.shape[1] != d or weights.shape != keys.shape[:1]:
+        raise ShapeMismatchError(
+            explain("context keys, weights and C do not fit together",
+                    got=f"keys {tuple(keys.shape)}, weights {tuple(weights.shape)}, C {tuple(C.shape)}",
+                    expected=f"keys [n, {d}], weights [n], C [{d}, {d}]")
+        )
+    for what, t in (("context keys", keys), ("context weights", weights), ("C", C)):
+        if not torch.isfinite(t).all():
+            raise NonFiniteError(explain(f"{what} contain NaN or Inf", fix="Check the inputs of the layer."))
+
+
+def regularised(C: Tensor, ridge: float) -> Tensor:
+    """C + ridge * mean(diag C) * I in float64 (the ridge is relative to C's scale)."""
+    C = C.to(torch.float64)
+    scale = float(C.diagonal().mean().clamp_min(1e-300))
+    return C + ridge * scale * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+
+
+def _cholesky(C_reg: Tensor, ridge: float) -> Tensor:
+    L_chol, info = torch.linalg.cholesky_ex(C_reg)
+    if int(info) != 0:
+        raise SingularStatisticError(
+            explain("the key statistic C is singular or not positive definite",
+                    got=f"ridge={ridge}", expected="C + ridge*I positive definite",
+                    fix="Increase ridge (e.g. 1e-3) or collect statistics over more samples.")
+        )
+    return L_chol
+
+
+def context_directions(keys: Tensor, weights: Tensor | None, C: Tensor, rank: int = 1,
+                       ridge: float = DEFAULT_RIDGE) -> Tensor:
+    """D ``[rank, d]`` (orthonormal rows) from context keys ``[n, d]`` with weights ``[n]``.
+
+    Keys with weight 0 are ignored. Each row's sign is chosen so that it correlates positively with
+    the weighted sum of whitened keys (only pictures care; D^T D is sign-free).
+    """
+    weights = torch.ones(keys.shape[0], dtype=keys.dtype, device=keys.device) if weights is None else weights
+    _check_inputs(keys, weights, C)
+    kw = (keys.to(torch.float64) * weights.to(torch.float64)[:, None])[weights != 0]  # [n', d]
+    if kw.shape[0] < rank or float(kw.abs().sum()) == 0.0:
+        raise EmptySelectionError(
+            explain("the context selects too few keys for the rank asked", got=f"{kw.shape[0]} keys",
+                    expected=f"at least {rank} non-zero keys", fix="Paint a larger context region or lower the rank.")
+        )
+    L_chol = _cholesky(regularised(C.to(kw.device), ridge), ridge)
+    Y = torch.linalg.solve_triangular(L_chol, kw.T, upper=False)  # [d, n'] = L^-1 K^T (whitened keys)
+    _, U = torch.linalg.eigh(Y @ Y.T)  # [d, d] eigvecs of L^-1 S L^-T, ascending (Y is wide: avoid its SVD)
+    top = U[:, -rank:].flip(1)  # [d, r] largest first
+    X = torch.linalg.solve_triangular(L_chol.T, top, upper=True)  # [d, r] generalised eigvecs
+    Q, _ = torch.linalg.qr(X)  # [d, r] orthonormal basis of the same span
+    D = Q.T.contiguous()  # [r, d]
+    sign = torch.sign(D @ kw.sum(0))  # [r]
+    return D * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
+
+
+def single_key_direction(k_star: Tensor, C: Tensor, ridge: float = 0.0) -> Tensor:
+    """The paper's d = C^{-1} k* normalised to unit length (float64, via a Cholesky solve)."""
+    L_chol = _cholesky(regularised(C, ridge), ridge)
+    d = torch.cholesky_solve(k_star.to(torch.float64)[:, None], L_chol)[:, 0]  # [d]
+    return d / d.norm()

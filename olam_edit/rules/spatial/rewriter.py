@@ -1,0 +1,177 @@
+"""Rewriter: the paper's context / copy / paste pipeline on one layer of a generator.
+
+``Rewriter(generator, layer)`` works with any object that follows the Generator protocol of
+``olam_edit.adapters.base`` (latents, keys_and_values, handle, stats, name, model). Statistics are
+collected (or read from the cache) on first use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from olam_edit._version import __version__
+from olam_edit.edit.core import Edit
+from olam_edit.errors import RequestError, explain
+from olam_edit.memory.delta import Delta
+from olam_edit.memory.directions import DEFAULT_RIDGE, context_directions
+from olam_edit.memory.solve import DEFAULT_SMOOTHNESS, Problem, SolveReport, erase_delta, rewrite_layer
+from olam_edit.memory.stats import SecondMoment
+from olam_edit.rules.spatial.request import EditRequest
+from olam_edit.rules.spatial.tensors import RuleTensors, composite, resize_mask, round_to_key_grid, weighted_keys
+
+HEATMAP_QUANTILE = 0.999  # the reference outlines keys above the 99.9th percentile
+
+
+@dataclass
+class Heatmap:
+    """Where a rule's keys fire: ``scores`` ``[B, h, w]`` and the ``threshold`` they are compared to."""
+
+    scores: Tensor
+    threshold: float
+
+    @property
+    def masks(self) -> Tensor:
+        return self.scores > self.threshold  # [B, h, w]
+
+
+class Rewriter:
+    """Rewrite rules of ``layer`` in ``generator``.
+
+    ``smoothness`` is the paper's 1/lambda: the weight of E_k ||dW k||^2 against the fit, relative to
+    the fit size. ``ridge`` regularises C (relative to its mean eigenvalue).
+    """
+
+    def __init__(self, generator: Any, layer: str, *, smoothness: float = DEFAULT_SMOOTHNESS,
+                 ridge: float = DEFAULT_RIDGE, stats: SecondMoment | None = None, stats_samples: int = 1000,
+                 cache_dir: str | None = None, progress: bool = True) -> None:
+        self.generator, self.layer = generator, layer
+        self.handle = generator.handle(layer)  # raises LayerNotFoundError / UnsupportedLayerError
+        self.smoothness, self.ridge = smoothness, ridge
+        self.stats_samples, self.cache_dir, self.progress = stats_samples, cache_dir, progress
+        self._stats = stats
+        self._quantiles: dict[tuple, float] = {}
+        self.last_report: SolveReport | None = None
+
+    @property
+    def stats(self) -> SecondMoment:
+        if self._stats is None:
+            self._stats = self.generator.stats(self.layer, samples=self.stats_samples, cache_dir=self.cache_dir,
+                                               progress=self.progress)
+        return self._stats
+
+    @property
+    def C(self) -> Tensor:
+        return self.stats.moment()  # [in, in] float64
+
+    # -- rule tensors ----------------------------------------------------------------------------
+    def _check(self, request: EditRequest) -> None:
+        if request.layer != self.layer:
+            raise RequestError(explain("the request is for another layer", got=request.layer, expected=self.layer,
+                                       fix=f"Use Rewriter(generator, {request.layer!r})."))
+        if request.model not in (None, "", self.generator.name):
+            raise RequestError(explain("the request was made on another model", got=request.model,
+                                       expected=self.generator.name, fix="Load that model (--model)."))
+
+    def rule_tensors(self, request: EditRequest) -> RuleTensors:
+        """Keys, target values, fit mask and context keys for ``request`` (:mod:`olam_edit.rules.spatial.tensors`)."""
+        self._check(request)
+        gen = self.generator
+        x_p, v_p = gen.keys_and_values(self.layer, gen.latents([request.paste.seed]))
+        _, v_c = gen.keys_and_values(self.layer, gen.latents([request.copy.seed]))
+        grid = tuple(v_p.shape[-2:])
+        copy_m = resize_mask(request.copy.mask, grid).to(v_p.device)
+        paste_m = resize_mask(request.paste.mask, grid).to(v_p.device)
+        v_star, cbox, pbox, alpha = composite(v_p.double(), v_c.double(), copy_m, paste_m)
+        fbox = round_to_key_grid(pbox, self.handle.value_ratio, grid)
+        fit = torch.zeros(1, *grid, dtype=torch.float64, device=v_p.device)
+        fit[0, fbox.y0 : fbox.y1, fbox.x0 : fbox.x1] = 1
+        keys, weights = self._context_keys(request, x_p)
+        return RuleTensors(x_p.double(), v_star, fit, keys, weights, cbox, pbox, fbox, alpha)
+
+    def _context_keys(self, request: EditRequest, x_paste: Tensor, batch: int = 50) -> tuple[Tensor, Tensor]:
+        if not request.context:
+            return weighted_keys(x_paste, request.paste.mask)
+        parts = []
+        for i in range(0, len(request.context), batch):  # one forward per batch of context samples
+            chunk = request.context[i : i + batch]
+            x, _ = self.generator.keys_and_values(self.layer, self.generator.latents([s.seed for s in chunk]))
+            parts += [weighted_keys(x[j : j + 1], sel.mask) for j, sel in enumerate(chunk)]
+        return torch.cat([k for k, _ in parts]), torch.cat([w for _, w in parts])
+
+    def directions(self, request: EditRequest, rule: RuleTensors | None = None) -> Tensor:
+        """D ``[rank, in]`` from the request's context keys."""
+        rule = rule or self.rule_tensors(request)
+        return context_directions(rule.context_keys, rule.context_weights, self.C, request.rank, self.ridge)
+
+    # -- rewrite and erase -----------------------------------------------------------------------
+    @torch.no_grad()
+    def rewrite(self, request: EditRequest, *, smoothness: float | None = None) -> Edit:
+        """Solve the request in closed form and return the Edit (nothing is applied)."""
+        rule = self.rule_tensors(request)
+        D = self.directions(request, rule)
+        smooth = self.smoothness if smoothness is None else smoothness
+        problem = Problem(self.handle, rule.x_paste, rule.v_star, rule.fit_mask)
+        delta, report = rewrite_layer(problem, D, self.C, smooth)
+        self.last_report = report
+        return self._edit(request, delta, "rewrite", {"smoothness": smooth}, report)
+
+    @torch.no_grad()
+    def erase(self, request: EditRequest) -> Edit:
+        """The paper's removal rule on the request's context: W1 = W0 - W0 D^T D."""
+        D = self.directions(request)
+        delta = erase_delta(self.handle, D)
+        return self._edit(request, delta, "erase", {}, None)
+
+    def _edit(self, request: EditRequest, delta: Delta, method: str, settings: dict[str, Any],
+              report: SolveReport | None) -> Edit:
+        w0 = self.handle.effective_weight().detach()
+        metrics = {"relative_norm": delta.relative_norm(w0)}
+        if report is not None:
+            metrics.update(residual_before=report.residual_before, residual_after=report.residual_after,
+                           objective=report.objective, iterations=report.iterations)
+        solver = {"method": method, "ridge": self.ridge, "rank": request.rank, "value_space": "layer_output",
+                  "solve": "closed_form", **settings}
+        return Edit.create(self.generator.model, {self.layer: delta}, base_model=self.generator.name,
+                           revision=getattr(self.generator, "revision", None), solver=solver,
+                           component=getattr(self.generator, "component", None),
+                           stats_fingerprint=self.stats.manifest.get("fingerprint"), recipe=request.to_json(),
+                           rule=request.description or request.name, metrics=metrics,
+                           license=getattr(self.generator, "license", None),
+                           created_with=f"olam-edit {__version__}")
+
+    # -- where the rule fires --------------------------------------------------------------------
+    def context_heatmap(self, seeds: list[int], *, request: EditRequest | None = None,
+                        directions: Tensor | None = None) -> Heatmap:
+        """Scores of D k at every key of the samples ``seeds`` and the 99.9th-percentile threshold.
+
+        For rank 1 the score is d . k (signed); for rank r it is ||D k||.
+        """
+        if directions is None:
+            if request is None:
+                raise RequestError(explain("context_heatmap needs a request or directions"))
+            directions = self.directions(request)
+        x, _ = self.generator.keys_and_values(self.layer, self.generator.latents(seeds))
+        scores = _scores(x.double(), directions.double())  # [B, h, w]
+        return Heatmap(scores, self._threshold(directions.double()))
+
+    def _threshold(self, D: Tensor) -> float:
+        return self.score_quantile(D, HEATMAP_QUANTILE)
+
+    def score_quantile(self, D: Tensor, quantile: float, samples: int = 100) -> float:
+        """The ``quantile`` of the heatmap score over keys of the statistics' own samples (cached)."""
+        key = (tuple(D.flatten()[:8].tolist()), tuple(D.shape), quantile, samples)
+        if key not in self._quantiles:
+            gen = self.generator
+            x, _ = gen.keys_and_values(self.layer, gen.latents(range(1_000_003, 1_000_003 + samples)))
+            s = _scores(x.double(), D.double()).reshape(-1)
+            self._quantiles[key] = float(torch.quantile(s[: 2**24].float(), quantile))
+        return self._quantiles[key]
+
+
+def _scores(x: Tensor, D: Tensor) -> Tensor:
+    proj = torch.einsum("ri,bihw->brhw", D, x)  # [B, r, h, w]
+    return proj[:, 0] if D.shape[0] == 1 else proj.norm(dim=1)
