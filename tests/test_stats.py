@@ -7,11 +7,11 @@ import torch
 
 from olam_edit import SecondMoment
 from olam_edit.errors import (
-    EditFileError,
     NonFiniteError,
     ShapeMismatchError,
     SingularStatisticError,
     StaleStatisticsError,
+    StatsFileError,
 )
 
 
@@ -71,8 +71,8 @@ def test_corrupt_files_raise(tmp_path) -> None:
     path = SecondMoment(4).add(torch.ones(2, 4)).save(tmp_path / "c.safetensors", {"fingerprint": "x"})
     data = path.read_bytes()
     (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(EditFileError):
+    with pytest.raises(StatsFileError):
         SecondMoment.load(tmp_path / "trunc.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a file at all")
-    with pytest.raises(EditFileError):
+    with pytest.raises(StatsFileError):
         SecondMoment.load(tmp_path / "junk.safetensors")

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from olam_edit.adapters import stylegan2 as S
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
-from torch import nn
-
-from olam_edit.errors import EditFileError, ShapeMismatchError, UnsafePickleError
+from olam_edit.errors import ShapeMismatchError, UnsafePickleError, WeightFileError
 
 # --------------------------------------------------------------------------------------------
 # tiny models
@@ -112,27 +112,27 @@ def test_rosinality_without_latent_avg_estimates_it(tmp_path: Path) -> None:
 
 def test_rosinality_missing_key_and_wrong_shape(tmp_path: Path) -> None:
     model = tiny()
-    with pytest.raises(EditFileError, match=r"missing convs\.1\.noise\.weight"):
+    with pytest.raises(WeightFileError, match=r"missing convs\.1\.noise\.weight"):
         S.load_rosinality(save_rosinality(model, tmp_path / "a.pt", drop="convs.1.noise.weight"))
     bad = ("convs.0.conv.modulation.bias", (5,))
     with pytest.raises(ShapeMismatchError, match=r"layers\.layer3\.conv\.affine\.bias"):
         S.load_rosinality(save_rosinality(model, tmp_path / "b.pt", reshape=bad))
     torch.save({"g": {}}, tmp_path / "c.pt")
-    with pytest.raises(EditFileError, match="g_ema"):
+    with pytest.raises(WeightFileError, match="g_ema"):
         S.load_rosinality(tmp_path / "c.pt")
 
 
 def test_truncated_and_foreign_files(tmp_path: Path) -> None:
     data = save_rosinality(tiny(), tmp_path / "g.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(EditFileError, match="truncated"):
+    with pytest.raises(WeightFileError, match="truncated"):
         S.load_stylegan2(tmp_path / "cut.pt")
     (tmp_path / "text.pkl").write_bytes(b"hello, this is not a pickle")
-    with pytest.raises(EditFileError):
+    with pytest.raises(WeightFileError):
         S.load_stylegan2(tmp_path / "text.pkl")
     pkl = nvlabs_pickle(tiny(flavor="nvlabs"))
     (tmp_path / "cut.pkl").write_bytes(pkl[: len(pkl) // 3])
-    with pytest.raises(EditFileError, match="truncated"):
+    with pytest.raises(WeightFileError, match="truncated"):
         S.load_stylegan2(tmp_path / "cut.pkl")
 
 
@@ -267,7 +267,7 @@ def test_nvlabs_pickle_round_trip(tmp_path: Path, clamp: float | None) -> None:
 def test_nvlabs_pickle_never_runs_the_embedded_source(tmp_path: Path) -> None:
     src = "import builtins\nbuiltins.OLAM_SOURCE_RAN = True\n"
     (tmp_path / "net.pkl").write_bytes(dumps({"G_ema": Record("Generator", source=src)}))
-    with pytest.raises(EditFileError, match="synthesis"):
+    with pytest.raises(WeightFileError, match="synthesis"):
         S.load_stylegan2(tmp_path / "net.pkl")
     assert not hasattr(builtins, "OLAM_SOURCE_RAN")
 
@@ -279,10 +279,10 @@ def test_stylegan3_and_conditional_networks_are_refused(tmp_path: Path) -> None:
     sg3 = Record("Generator", modules={"synthesis": synthesis, "mapping": Record("MappingNetwork")},
                  z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=3)
     (tmp_path / "sg3.pkl").write_bytes(dumps({"G_ema": sg3}))
-    with pytest.raises(EditFileError, match="StyleGAN3"):
+    with pytest.raises(WeightFileError, match="StyleGAN3"):
         S.load_stylegan2(tmp_path / "sg3.pkl")
     (tmp_path / "cond.pkl").write_bytes(dumps({"G_ema": nv_generator(tiny(), c_dim=4)}))
-    with pytest.raises(EditFileError, match="conditional"):
+    with pytest.raises(WeightFileError, match="conditional"):
         S.load_stylegan2(tmp_path / "cond.pkl")
 
 
@@ -353,12 +353,12 @@ def test_our_format_rejects_mismatched_files(tmp_path: Path) -> None:
     with pytest.raises(ShapeMismatchError, match="layer"):
         S.load_stylegan2(folder)
     (folder / "config.json").write_text(config.replace("olam-edit-stylegan2", "something-else"))
-    with pytest.raises(EditFileError, match="not an olam-edit StyleGAN2 config"):
+    with pytest.raises(WeightFileError, match="not an olam-edit StyleGAN2 config"):
         S.load_stylegan2(folder)
     (folder / "config.json").write_text(config)
     weights = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(weights[:100])
-    with pytest.raises(EditFileError, match="safetensors"):
+    with pytest.raises(WeightFileError, match="safetensors"):
         S.load_stylegan2(folder)
 
 
@@ -369,15 +369,17 @@ def test_find_stylegan2_file_prefers_ours_then_pt_then_pkl(tmp_path: Path) -> No
     assert S.find_stylegan2_file(tmp_path).name == "network.pkl"
     (tmp_path / "model.safetensors").write_bytes(b"x")  # without config.json: not ours
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "church.pt").write_bytes(b"x")
-    assert S.find_stylegan2_file(tmp_path) == tmp_path / "sub" / "church.pt"
+    (tmp_path / "sub" / "deeper.pt").write_bytes(b"x")  # sub-folders are never searched
+    assert S.find_stylegan2_file(tmp_path).name == "network.pkl"
+    (tmp_path / "church.pt").write_bytes(b"x")
+    assert S.find_stylegan2_file(tmp_path) == tmp_path / "church.pt"
     (tmp_path / "config.json").write_text("{}")
     assert S.find_stylegan2_file(tmp_path).name == "model.safetensors"
     (tmp_path / "two.pkl").write_bytes(b"x")
     (tmp_path / "three.pkl").write_bytes(b"x")
-    for name in ("model.safetensors", "sub/church.pt"):
+    for name in ("model.safetensors", "church.pt"):
         (tmp_path / name).unlink()
-    with pytest.raises(EditFileError, match="several"):
+    with pytest.raises(WeightFileError, match="several"):
         S.find_stylegan2_file(tmp_path)
 
 

@@ -19,15 +19,15 @@ import hashlib
 import importlib.metadata
 import importlib.resources
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from olam_edit.adapters.face_dcgan.model import LATENT_SHAPE, WEIGHTS_FILE, check_state, load_face_dcgan_from
 from safetensors.torch import save_file
 from torch import nn
+
+from olam_edit.adapters.face_dcgan.model import LATENT_SHAPE, WEIGHTS_FILE, check_state, load_face_dcgan_from
+from olam_edit.files.atomic import atomic_write
 
 SOURCE_PACKAGE = "gan-face-generate"
 SOURCE_MODULE = "gan_face_generate"
@@ -147,22 +147,19 @@ def canonicalize_header(path: Path) -> None:
 def write_atomic(
     tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], out: Path, verify: Callable[[Path], None]
 ) -> None:
-    """Save ``tensors`` to a temporary file beside ``out``, run ``verify`` on it, then ``os.replace``.
+    """Save ``tensors`` to a temporary file beside ``out``, run ``verify`` on it, then move it into place.
 
-    ``out`` is never left half-written: on any error the temporary file is removed.
+    Goes through the project's one writer (:func:`olam_edit.files.atomic.atomic_write`: fsync, the
+    umask's mode, rename): ``out`` is never left half-written, and on any error the temporary file is
+    removed.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(dict(tensors), tmp, metadata=dict(meta))
         canonicalize_header(tmp)
         verify(tmp)
-        tmp.chmod(0o644)  # mkstemp makes it private; package data must be world-readable
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(out, write)
 
 
 def main(argv: list[str] | None = None) -> int:

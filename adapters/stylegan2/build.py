@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
-
-from olam_edit.errors import EditFileError, ShapeMismatchError, explain
+from olam_edit.errors import ShapeMismatchError, WeightFileError, explain
 
 FORMAT_NAME = "olam-edit-stylegan2"
 
@@ -24,7 +24,7 @@ def build_generator(config: StyleGAN2Config, state: dict[str, torch.Tensor], *,
                     source: str) -> StyleGAN2Generator:
     """A generator of ``config`` holding exactly ``state`` (float32, eval mode, no grad).
 
-    Raises EditFileError on missing or unexpected keys and ShapeMismatchError on wrong shapes,
+    Raises WeightFileError on missing or unexpected keys and ShapeMismatchError on wrong shapes,
     before any weight is copied.
     """
     model = StyleGAN2Generator(config)
@@ -40,10 +40,10 @@ def build_generator(config: StyleGAN2Config, state: dict[str, torch.Tensor], *,
 
 
 def _check_keys(expected: set[str], got: set[str], source: str) -> None:
-    """Raise EditFileError naming the missing and unexpected tensor names."""
+    """Raise WeightFileError naming the missing and unexpected tensor names."""
     missing, extra = sorted(expected - got), sorted(got - expected)
     if missing or extra:
-        raise EditFileError(explain(
+        raise WeightFileError(explain(
             f"{source}: tensors do not match a StyleGAN2 generator",
             got=f"missing {_short(missing)}, unexpected {_short(extra)}",
             fix="Pass an unmodified rosinality .pt, NVlabs .pkl or olam-edit model folder."))

@@ -6,13 +6,13 @@ import math
 import os
 
 import torch
+
 from olam_edit.adapters.stylegan2.build import build_generator
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config, default_channels
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from olam_edit.adapters.stylegan2.rosinality import _describe
 from olam_edit.adapters.stylegan2.unpickle import PersistentRecord, safe_unpickle
-
-from olam_edit.errors import EditFileError, explain
+from olam_edit.errors import WeightFileError, explain
 
 
 def load_nvlabs_pickle(path: str | os.PathLike) -> StyleGAN2Generator:
@@ -21,8 +21,8 @@ def load_nvlabs_pickle(path: str | os.PathLike) -> StyleGAN2Generator:
         data = safe_unpickle(handle, source=str(path))
     g_ema = data.get("G_ema") if isinstance(data, dict) else data
     if not isinstance(g_ema, PersistentRecord) or g_ema.class_name != "Generator":
-        raise EditFileError(explain(f"{path}: no NVlabs generator in the pickle", got=_describe(data),
-                                    expected='a dict with "G_ema" (a persistent Generator)'))
+        raise WeightFileError(explain(f"{path}: no NVlabs generator in the pickle", got=_describe(data),
+                                      expected='a dict with "G_ema" (a persistent Generator)'))
     return from_nvlabs(g_ema, source=str(path))
 
 
@@ -38,19 +38,19 @@ def from_nvlabs(g_ema: PersistentRecord, *, source: str = "NVlabs pickle") -> St
 
 
 def _refuse_unsupported(g_ema: PersistentRecord, synthesis: PersistentRecord, source: str) -> None:
-    """Raise EditFileError for StyleGAN3 synthesis, conditional models and non-skip generators."""
+    """Raise WeightFileError for StyleGAN3 synthesis, conditional models and non-skip generators."""
     if synthesis.has_child("input") or not synthesis.has_child("b4"):
-        raise EditFileError(explain(f"{source}: a StyleGAN3 (alias-free) generator", expected="StyleGAN2",
-                                    fix="Only StyleGAN2 networks (stylegan2-ada-pytorch, or stylegan3's "
-                                        "--cfg=stylegan2) can be loaded."))
+        raise WeightFileError(explain(f"{source}: a StyleGAN3 (alias-free) generator", expected="StyleGAN2",
+                                      fix="Only StyleGAN2 networks (stylegan2-ada-pytorch, or stylegan3's "
+                                          "--cfg=stylegan2) can be loaded."))
     if int(g_ema.state.get("c_dim", 0) or 0) > 0:
-        raise EditFileError(explain(f"{source}: a class-conditional generator",
-                                    got=f"c_dim={g_ema.state['c_dim']}", expected="c_dim=0",
-                                    fix="Conditional StyleGAN2 models are not supported."))
+        raise WeightFileError(explain(f"{source}: a class-conditional generator",
+                                      got=f"c_dim={g_ema.state['c_dim']}", expected="c_dim=0",
+                                      fix="Conditional StyleGAN2 models are not supported."))
     block = synthesis.child("b4")
     if block.state.get("architecture", "skip") != "skip":
-        raise EditFileError(explain(f"{source}: unsupported generator architecture",
-                                    got=block.state.get("architecture"), expected="skip"))
+        raise WeightFileError(explain(f"{source}: unsupported generator architecture",
+                                      got=block.state.get("architecture"), expected="skip"))
 
 
 def nvlabs_config(g_ema: PersistentRecord, synthesis: PersistentRecord, mapping: PersistentRecord
@@ -77,8 +77,8 @@ def _nvlabs_mapping_state(mapping: PersistentRecord, config: StyleGAN2Config) ->
     for i in range(config.n_mlp):
         fc = mapping.child(f"fc{i}")
         if fc.state.get("activation", "lrelu") != "lrelu":
-            raise EditFileError(explain("unsupported mapping activation", got=fc.state.get("activation"),
-                                        expected="lrelu"))
+            raise WeightFileError(explain("unsupported mapping activation", got=fc.state.get("activation"),
+                                          expected="lrelu"))
         state |= {f"mapping.fc{i}.{k}": v for k, v in fc.tensors().items()}
     avg = mapping.tensors().get("w_avg")
     state["mapping.w_avg"] = torch.zeros(config.style_dim) if avg is None else avg
@@ -105,8 +105,8 @@ def _nvlabs_block_state(block: PersistentRecord, res: int) -> dict[str, torch.Te
 def _nvlabs_layer_state(layer: PersistentRecord, prefix: str) -> dict[str, torch.Tensor]:
     """One ``SynthesisLayer`` in our names; a layer without noise gets zero strength."""
     if layer.state.get("activation", "lrelu") != "lrelu":
-        raise EditFileError(explain(f"{prefix}: unsupported activation", got=layer.state.get("activation"),
-                                    expected="lrelu"))
+        raise WeightFileError(explain(f"{prefix}: unsupported activation", got=layer.state.get("activation"),
+                                      expected="lrelu"))
     own = layer.tensors()
     res = int(layer.state.get("resolution", own["weight"].shape[-1]))
     const = own.get("noise_const", torch.zeros(res, res))

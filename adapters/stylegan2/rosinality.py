@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from olam_edit.adapters.stylegan2.build import _check_keys, _short, build_generator
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config, default_channels
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from olam_edit.adapters.stylegan2.ops import blur_kernel
-
-from olam_edit.errors import EditFileError, UnsafePickleError, explain
+from olam_edit.errors import UnsafePickleError, WeightFileError, explain
 
 
 def _rosinality_prefix(name: str) -> str:
@@ -89,8 +89,8 @@ def rosinality_config(g_ema: dict[str, torch.Tensor]) -> StyleGAN2Config:
         channels |= {2 ** (j + 3): g_ema[f"convs.{2 * j}.conv.weight"].shape[1] for j in range(n_rgbs)}
         img_channels = g_ema["to_rgb1.conv.weight"].shape[1]
     except (KeyError, ValueError, IndexError) as exc:
-        raise EditFileError(explain("not a rosinality StyleGAN2 g_ema state dict", got=f"{exc!r}",
-                                    expected="keys style.1.weight, conv1.conv.weight, to_rgb1.*")) from exc
+        raise WeightFileError(explain("not a rosinality StyleGAN2 g_ema state dict", got=f"{exc!r}",
+                                      expected="keys style.1.weight, conv1.conv.weight, to_rgb1.*")) from exc
     size = 2 ** (n_rgbs + 2)
     multiplier = next((m for m in (1, 2, 4) if default_channels(size, m) == channels), 2)
     return StyleGAN2Config(size=size, style_dim=int(style_dim), n_mlp=_count(g_ema, r"style\.\d+\.weight"),
@@ -126,7 +126,7 @@ def estimate_w_avg(model: StyleGAN2Generator, samples: int = 4096, seed: int = 0
 def _squeeze_to(tensor: Any, ours: str, theirs: str, source: str) -> torch.Tensor:
     """Drop rosinality's extra unit axes; shapes are checked again in :func:`build_generator`."""
     if not isinstance(tensor, torch.Tensor):
-        raise EditFileError(explain(f"{source}: {theirs!r} is not a tensor", got=type(tensor).__name__))
+        raise WeightFileError(explain(f"{source}: {theirs!r} is not a tensor", got=type(tensor).__name__))
     if ours == "mapping.w_avg" or _RGB_BIAS.fullmatch(ours):
         return tensor.reshape(-1)  # [D] / [3]
     leading_one = ours == "const" or ours.endswith(("conv.weight", "noise_strength"))
@@ -150,9 +150,9 @@ def load_rosinality(path: str | os.PathLike) -> StyleGAN2Generator:
     """Load a rosinality ``.pt`` (``g_ema`` + ``latent_avg``) with ``torch.load(weights_only=True)``."""
     ckpt = _torch_load_weights_only(Path(path))
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("g_ema"), dict):
-        raise EditFileError(explain(f"{path}: not a rosinality StyleGAN2 checkpoint",
-                                    got=_describe(ckpt), expected='a dict with "g_ema" (and "latent_avg")',
-                                    fix="Convert training checkpoints with rosinality's tools first."))
+        raise WeightFileError(explain(f"{path}: not a rosinality StyleGAN2 checkpoint",
+                                      got=_describe(ckpt), expected='a dict with "g_ema" (and "latent_avg")',
+                                      fix="Convert training checkpoints with rosinality's tools first."))
     return from_rosinality(ckpt["g_ema"], ckpt.get("latent_avg"), source=str(path))
 
 
@@ -170,11 +170,11 @@ def _torch_load_weights_only(path: Path) -> Any:
                               expected="tensors and containers only",
                               fix="Nothing was run; only load checkpoints from sources you trust.")
             raise UnsafePickleError(message) from exc
-        raise EditFileError(explain(f"{path}: unreadable checkpoint", got=str(exc).splitlines()[0])) from exc
+        raise WeightFileError(explain(f"{path}: unreadable checkpoint", got=str(exc).splitlines()[0])) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise EditFileError(explain(f"{path}: truncated or not a PyTorch checkpoint",
-                                    got=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                                    fix="Download the file again.")) from exc
+        raise WeightFileError(explain(f"{path}: truncated or not a PyTorch checkpoint",
+                                      got=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                                      fix="Download the file again.")) from exc
 
 
 def _describe(obj: Any) -> str:

@@ -12,10 +12,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
 from olam_edit.adapters.stylegan2.build import _short
 from olam_edit.adapters.stylegan2.rosinality import _describe
-
-from olam_edit.errors import EditFileError, UnsafePickleError, explain
+from olam_edit.errors import UnsafePickleError, WeightFileError, explain
 
 ALLOWED_PERSISTENT_CLASSES = frozenset({
     # training/networks.py (stylegan2-ada-pytorch) and networks_stylegan2.py (stylegan3)
@@ -45,11 +45,11 @@ class PersistentRecord:
         return {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
 
     def child(self, name: str) -> PersistentRecord:
-        """Sub-module ``name``; EditFileError when it is missing or not a record."""
+        """Sub-module ``name``; WeightFileError when it is missing or not a record."""
         child = self.state.get("_modules", {}).get(name)
         if not isinstance(child, PersistentRecord):
-            raise EditFileError(explain(f"{self.class_name} has no sub-network {name!r}",
-                                        got=_short(sorted(self.state.get("_modules", {})))))
+            raise WeightFileError(explain(f"{self.class_name} has no sub-network {name!r}",
+                                          got=_short(sorted(self.state.get("_modules", {})))))
         return child
 
     def has_child(self, name: str) -> bool:
@@ -60,7 +60,7 @@ class PersistentRecord:
 def _reconstruct_record(meta: Any) -> PersistentRecord:
     """Stand-in for ``torch_utils.persistence._reconstruct_persistent_obj``: keep data, run nothing."""
     if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
-        raise EditFileError(explain("malformed torch_utils.persistence record", got=_describe(meta)))
+        raise WeightFileError(explain("malformed torch_utils.persistence record", got=_describe(meta)))
     name = meta.get("class_name")
     if name not in ALLOWED_PERSISTENT_CLASSES:
         raise UnsafePickleError(explain(f"the pickle holds a persistent object of class {name!r}",
@@ -72,7 +72,7 @@ def _reconstruct_record(meta: Any) -> PersistentRecord:
 def _load_storage(data: bytes) -> Any:
     """Stand-in for ``torch.storage._load_from_bytes``: legacy ``torch.save`` bytes, weights only."""
     if not isinstance(data, bytes | bytearray):
-        raise EditFileError(explain("malformed tensor storage in the pickle", got=type(data).__name__))
+        raise WeightFileError(explain("malformed tensor storage in the pickle", got=type(data).__name__))
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -83,15 +83,15 @@ def _load_storage(data: bytes) -> Any:
 def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_ignored: Any) -> torch.Tensor:
     """Stand-in for ``torch._utils._rebuild_tensor_v2``: a view of an already loaded storage."""
     if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
-        raise EditFileError(explain("malformed tensor in the pickle", got=type(storage).__name__,
-                                    expected="a storage"))
+        raise WeightFileError(explain("malformed tensor in the pickle", got=type(storage).__name__,
+                                      expected="a storage"))
     return torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data: Any, *_ignored: Any) -> torch.Tensor:
     """Stand-in for ``torch._utils._rebuild_parameter(_with_state)``: the plain tensor."""
     if not isinstance(data, torch.Tensor):
-        raise EditFileError(explain("malformed parameter in the pickle", got=type(data).__name__))
+        raise WeightFileError(explain("malformed parameter in the pickle", got=type(data).__name__))
     return data
 
 
@@ -201,13 +201,13 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(file: BinaryIO, *, source: str = "pickle") -> Any:
-    """Unpickle ``file`` with :class:`SafeUnpickler`; truncated or foreign data raise EditFileError."""
+    """Unpickle ``file`` with :class:`SafeUnpickler`; truncated or foreign data raise WeightFileError."""
     try:
         return SafeUnpickler(file).load()
-    except (UnsafePickleError, EditFileError):
+    except WeightFileError:  # UnsafePickleError included
         raise
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, RuntimeError) as exc:
-        raise EditFileError(explain(f"{source}: truncated or not a network pickle",
-                                    got=f"{type(exc).__name__}: {exc}"[:200],
-                                    fix="Download the file again.")) from exc
+        raise WeightFileError(explain(f"{source}: truncated or not a network pickle",
+                                      got=f"{type(exc).__name__}: {exc}"[:200],
+                                      fix="Download the file again.")) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -34,12 +35,20 @@ def _commands() -> list:
     return [fn for name in MODULES for fn in commands_of(importlib.import_module(f"olam_edit.cli.{name}"))]
 
 
+def error_line(command: str, error: BaseException) -> str:
+    """The one line the CLI prints for ``error``: its message (``got``/``expected``/``fix`` included) with
+    any line breaks folded into spaces."""
+    text = re.sub(r"\s*\n\s*", " ", str(error).strip()) or type(error).__name__
+    return f"olam-edit {command}: error: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a project error or OSError prints one line on stderr and returns 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (OlamEditError, OSError) as e:  # bad input or a missing/unreadable file: one line, no traceback
-        print(f"olam-edit {args.command}: error: {e}", file=sys.stderr)
+        print(error_line(args.command, e), file=sys.stderr)
         return 2
 
 

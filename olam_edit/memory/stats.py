@@ -18,11 +18,11 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
 from olam_edit.errors import (
-    EditFileError,
     NonFiniteError,
     ShapeMismatchError,
     SingularStatisticError,
     StaleStatisticsError,
+    StatsFileError,
     explain,
 )
 from olam_edit.files.atomic import atomic_save_safetensors
@@ -118,6 +118,9 @@ class SecondMoment:
         return f"SecondMoment(dim={self.dim}, count={self.count})"
 
 
+_EXPECTED = "a safetensors file written by SecondMoment.save (olam-edit stats)"
+
+
 def _read_stats_file(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Parse and validate a statistics file: names, dtypes, shapes, schema."""
     try:
@@ -125,18 +128,20 @@ def _read_stats_file(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             meta = json.loads((f.metadata() or {}).get("olam_edit_stats", "null"))
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise EditFileError(explain(f"cannot read statistics file {path}", got=str(e))) from e
+        raise StatsFileError(explain(f"cannot read statistics file {path}", got=str(e), expected=_EXPECTED,
+                                     fix="Collect the statistics again (olam-edit stats).")) from e
     if not isinstance(meta, dict) or "dim" not in meta:
-        raise EditFileError(explain(f"{path} is not an olam-edit statistics file", got="no manifest"))
+        raise StatsFileError(explain(f"{path} is not an olam-edit statistics file", got="no statistics manifest",
+                                     expected=_EXPECTED, fix="Point at a statistics file, not an edit or model file."))
     if int(meta.get("schema_version", 0)) > STATS_SCHEMA:
-        raise EditFileError(
+        raise StatsFileError(
             explain("statistics schema is newer", got=meta.get("schema_version"), expected=STATS_SCHEMA,
                     fix="Upgrade olam-edit.")
         )
     d = int(meta["dim"])
     s, c = tensors.get("sum"), tensors.get("count")
     if s is None or c is None or s.shape != (d, d) or s.dtype != torch.float64 or c.shape != (1,):
-        raise EditFileError(
+        raise StatsFileError(
             explain(f"statistics file {path} is inconsistent", got={k: tuple(v.shape) for k, v in tensors.items()},
                     expected=f"sum float64 [{d}, {d}] and count [1]")
         )
