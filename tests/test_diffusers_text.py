@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from olam_edit.adapters.diffusers.text import (
-    corpus_prompts,
-    cross_attention_layers,
-    prior_matrix,
-    prompt_moment,
-    rule_keys,
-    shared_directions,
-    solve_map,
-    text_edit,
-    text_edit_from_embeddings,
-)
 from tiny_diffusers import tiny_pipeline, tiny_sdxl_pipeline, tiny_unet
 
 import olam_edit as oe
+from olam_edit.adapters.diffusers.text import (
+    corpus_prompts,
+    cross_attention_layers,
+    prompt_moment,
+    rule_keys,
+    text_edit,
+    text_edit_from_embeddings,
+)
 from olam_edit.errors import (
     BaseMismatchError,
     EditStateError,
@@ -28,6 +25,7 @@ from olam_edit.errors import (
     UnsupportedLayerError,
     UnsupportedModelError,
 )
+from olam_edit.rules.text.solve import prior_matrix, shared_directions, solve_map
 
 D = 32  # the tiny text encoder's width = the UNet's cross_attention_dim
 
@@ -83,7 +81,7 @@ def test_hard_rule_maps_the_source_keys_to_their_targets_exactly(pipe, moment) -
 
 def test_soft_rule_is_the_closed_form_optimum(pipe, moment) -> None:
     src, dst, lam = ["a rose", "a cat"], ["a blue rose", "a big cat"], 0.5
-    edit = text_edit(pipe, src, dst, prior=moment, lam=lam)
+    edit = text_edit(pipe, src, dst, prior=moment, prior_weight=lam)
     rk = rule_keys(pipe, src, dst, padding=True)
     K, T, C = rk.keys, rk.targets, prior_matrix(moment, D)
     for name in cross_attention_layers(pipe.unet)[:4]:
@@ -102,7 +100,7 @@ def test_soft_rule_is_the_closed_form_optimum(pipe, moment) -> None:
 
 def test_identity_prior_is_time_closed_form(pipe) -> None:
     """With C = I the update equals TIME's W1 = (lam W0 + V* K^T)(lam I + K K^T)^{-1}."""
-    edit = text_edit(pipe, "a dog", "a red dog", prior="identity", lam=0.1)
+    edit = text_edit(pipe, "a dog", "a red dog", prior="identity", prior_weight=0.1)
     rk = rule_keys(pipe, ["a dog"], ["a red dog"], padding=True)
     K, T = rk.keys, rk.targets
     name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"

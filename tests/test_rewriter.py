@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from olam_edit.adapters import TorchGenerator
 from tiny_models import tiny_dcgan
 
 import olam_edit as oe
+from olam_edit.adapters import TorchGenerator
 from olam_edit.memory.solve import Problem, objective
 from olam_edit.rules.spatial.request import EditRequest, Selection
 from olam_edit.rules.spatial.rewriter import Rewriter
@@ -49,7 +49,8 @@ def test_rewrite_meets_the_target_at_the_closed_form_optimum() -> None:
     err_after = (v_after - rule.v_star)[..., fit].norm()
     assert err_after < 0.8 * err_before
     assert edit.manifest["metrics"]["relative_norm"] > 0
-    assert edit.manifest["recipe"] == req.to_json()
+    assert EditRequest.from_json(edit.manifest["recipe"]).to_json() == req.to_json()
+    assert edit.manifest["recipe"]["kind"] == "spatial" and "seed 5" in edit.manifest["recipe"]["summary"]
     assert edit.manifest["stats_fingerprint"] == rw.stats.manifest["fingerprint"]
     assert edit.deltas["3"].rank == 2
 

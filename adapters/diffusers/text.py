@@ -3,15 +3,9 @@
 Every ``attn2.to_k`` / ``attn2.to_v`` of a ``UNet2DConditionModel`` (Stable Diffusion 1.x / 2.x and
 SDXL layouts) reads the text encoder's token embeddings. A rule such as "a rose" -> "a blue rose"
 makes each source token k_j (a *key*) produce the value the layer gives the aligned destination
-token: v*_j = W0 t_j. With the residual R = V* - W0 K and a prior C over keys (the second moment of
-token embeddings over a prompt corpus, or I), the closed form of DESIGN section 4 is
-
-    soft:  dW = R K^T (lam C + K K^T)^{-1}        (fit + lam * E_k ||dW k||^2, minimised)
-    hard:  dW = R (K^T C^{-1} K)^{-1} K^T C^{-1}  (dW K = R exactly, least E_k ||dW k||^2)
-
-Both are dW = R X^T with X [d, n] independent of the layer, so every layer shares one orthonormal
-basis D of span(X) and stores dW = (dW D^T) D: a factored delta of rank <= the number of keys.
-Keys k with K^T C^{-1} k = 0 (orthogonal to the rule in the prior's metric) are left unchanged.
+token: v*_j = W0 t_j. The closed form on those keys and values (prior, solve, factored deltas,
+report) is framework-agnostic and lives in :mod:`olam_edit.rules.text.solve`; this module does what
+needs a pipeline: it finds the layers, encodes and aligns the prompts, and builds the corpus prior.
 
 Nothing here imports diffusers: a pipeline is anything with ``.unet``, ``.tokenizer`` and
 ``.encode_prompt`` (StableDiffusionPipeline, StableDiffusionXLPipeline, ...).
@@ -19,6 +13,7 @@ Nothing here imports diffusers: a pipeline is anything with ``.unet``, ``.tokeni
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from olam_edit import Delta, SecondMoment
-from olam_edit._version import __version__
 from olam_edit.edit.core import Edit
 from olam_edit.errors import (
     EmptySelectionError,
     RequestError,
-    ShapeMismatchError,
-    SingularStatisticError,
     TokenAlignmentError,
     UnsupportedLayerError,
     UnsupportedModelError,
@@ -42,12 +33,19 @@ from olam_edit.errors import (
 )
 from olam_edit.files.fingerprint import json_fingerprint, tensor_fingerprint
 from olam_edit.memory.handles import get_handle
-from olam_edit.memory.layout import LINEAR
+from olam_edit.memory.stats import SecondMoment
+from olam_edit.rules.text.solve import (
+    DEFAULT_PRIOR_WEIGHT,
+    TEXT_PRIOR_RIDGE,
+    as_keys,
+    prior_matrix,
+    shared_directions,
+    solve_map,
+    solve_text_rule,
+    text_rule_edit,
+)
 
-DEFAULT_LAMBDA = 0.1  # TIME's default weight of the prior
-DEFAULT_RIDGE = 1e-3  # added to a data prior C (scaled to mean eigenvalue 1): bounds dW where C is tiny
 CORPUS_PATH = Path(__file__).parent / "data" / "prompts.txt"
-_RANK_RTOL = 1e-10  # directions of X below this relative size carry no update
 
 
 # -- layers ----------------------------------------------------------------------------------------
@@ -200,177 +198,78 @@ def prompt_moment(pipe: Any, corpus: str | Path | Sequence[str] | None = None, b
     return sm
 
 
-def prior_matrix(prior: Any, dim: int, ridge: float = DEFAULT_RIDGE) -> Tensor:
-    """C as a float64 matrix from ``"identity"``, a SecondMoment or a tensor.
-
-    A data prior is scaled to mean eigenvalue 1 (so ``lam`` weighs it as much as TIME's ``lam I``,
-    only shaped by the data) and gets ``ridge`` added to its diagonal; the identity is used as is.
-    """
-    if isinstance(prior, str) and prior == "identity":
-        return torch.eye(dim, dtype=torch.float64)
-    if isinstance(prior, str) and prior == "corpus":
-        raise RequestError(explain("prior='corpus' needs the pipeline's text encoder",
-                                   fix="Use text_edit(pipe, ...), or pass prior=prompt_moment(pipe, corpus)."))
-    if isinstance(prior, SecondMoment):
-        C = prior.moment()
-    elif isinstance(prior, Tensor):
-        C = prior.detach().to(torch.float64).cpu()
-    else:
-        raise RequestError(explain("unknown prior", got=repr(prior)[:80], expected="'identity', 'corpus' (with a "
-                                   "pipeline), a SecondMoment or a [d, d] tensor"))
-    if C.shape != (dim, dim) or not torch.isfinite(C).all() or float(C.diagonal().mean()) <= 0:
-        raise ShapeMismatchError(explain("the prior is not a finite [d, d] second moment of the keys",
-                                         got=tuple(C.shape), expected=(dim, dim)))
-    C = C / C.diagonal().mean()
-    return C + ridge * torch.eye(dim, dtype=torch.float64) if ridge > 0 else C
-
-
-# -- the closed form ---------------------------------------------------------------------------------
-def _cholesky(A: Tensor, what: str) -> Tensor:
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info) != 0:
-        raise SingularStatisticError(
-            explain(f"{what} is singular or not positive definite",
-                    fix="Pass a larger ridge (e.g. 1e-2), use prior='identity', or a larger prompt corpus."))
-    return L
-
-
-def solve_map(keys: Tensor, C: Tensor, lam: float, hard: bool, preserve: Tensor | None = None) -> Tensor:
-    """X ``[d, n]`` with dW = R X^T for residuals R ``[out, n]`` of the ``n`` keys (float64).
-
-    ``preserve`` keys ``[m, d]`` keep their values (zero residual) in both variants.
-    """
-    K = keys.to(torch.float64).T  # [d, n]
-    P = (preserve.to(torch.float64).T if preserve is not None and preserve.numel() else K[:, :0])  # [d, m]
-    if not hard:
-        if lam <= 0:
-            raise RequestError(explain("the soft rule needs lam > 0", got=lam, fix="Pass hard=True for an exact fit."))
-        L = _cholesky(lam * C + K @ K.T + P @ P.T, "lam C + K K^T")
-        return torch.cholesky_solve(K, L)  # (lam C + K K^T)^{-1} K
-    L = _cholesky(C, "the prior C")
-    Kw = torch.linalg.solve_triangular(L, torch.cat([K, P], 1), upper=False)  # [d, n+m] whitened keys
-    G = Kw.T @ Kw  # K^T C^{-1} K
-    eye = torch.eye(G.shape[0], K.shape[1], dtype=G.dtype)
-    Z = torch.linalg.lstsq(G, eye, driver="gelsd").solution  # G^+ restricted to the edited keys
-    return torch.linalg.solve_triangular(L.T, Kw @ Z, upper=True)  # C^{-1} K_all G^+ [:, :n]
-
-
-def shared_directions(X: Tensor) -> Tensor:
-    """Orthonormal rows spanning the column space of X (numerical rank): D ``[r, d]``."""
-    U, S, _ = torch.linalg.svd(X, full_matrices=False)
-    r = int((S > S.max() * _RANK_RTOL).sum()) if S.numel() and float(S.max()) > 0 else 0
-    if r == 0:
-        raise EmptySelectionError(explain("the rule's keys are all zero", fix="Check the prompts and embeddings."))
-    return U[:, :r].T.contiguous()
-
-
-@dataclass
-class LayerFit:
-    delta: Delta
-    relative_norm: float
-    residual_before: float
-    residual_after: float
-
-
-def fit_layer(weight: Tensor, keys: Tensor, targets: Tensor, X: Tensor, D: Tensor) -> LayerFit:
-    """The delta of one projection: R = W0 (targets - keys)^T, dW = R X^T, lam = dW D^T."""
-    W = weight.detach().to(torch.float64).cpu()  # [out, d]
-    R = W @ (targets - keys).T  # [out, n]
-    dW = R @ X.T  # [out, d]
-    lam = dW @ D.T  # [out, r]
-    dense = lam @ D
-    scale = float((W @ targets.T).norm().clamp_min(1e-300))
-    after = float((R - dense @ keys.T).norm()) / scale
-    delta = Delta(lam.to(torch.float32), D.to(torch.float32), LINEAR)
-    return LayerFit(delta, float(dense.norm() / W.norm().clamp_min(1e-300)), float(R.norm()) / scale, after)
-
-
 # -- public entry points ---------------------------------------------------------------------------------
 def text_edit_from_embeddings(unet: Any, keys: Tensor, targets: Tensor, *, prior: Any = "identity",
-                              lam: float = DEFAULT_LAMBDA, hard: bool = False, layers: Sequence[str] | None = None,
-                              preserve: Tensor | None = None, ridge: float = DEFAULT_RIDGE,
-                              base_model: str | None = None, revision: str | None = None,
-                              recipe: dict[str, Any] | None = None,
-                              rule: str | None = None, stats_fingerprint: str | None = None) -> Edit:
+                              prior_weight: float | None = None, hard: bool = False,
+                              layers: Sequence[str] | None = None, preserve: Tensor | None = None,
+                              ridge: float = TEXT_PRIOR_RIDGE, base_model: str | None = None,
+                              revision: str | None = None, recipe: dict[str, Any] | None = None,
+                              rule: str | None = None, stats_fingerprint: str | None = None,
+                              lam: float | None = None) -> Edit:
     """The text rule for given ``keys`` and aligned ``targets`` (``[n, d]`` or ``[B, T, d]``) on a UNet.
 
     ``unet`` may also be a pipeline (its ``.unet`` is used). ``prior``: ``"identity"``, a SecondMoment
-    or a ``[d, d]`` tensor. Returns an :class:`~olam_edit.Edit` for component ``"unet"``.
+    or a ``[d, d]`` tensor; ``prior_weight`` (default :data:`DEFAULT_PRIOR_WEIGHT`) weighs it in the
+    soft rule (``lam=`` is its deprecated old name). ``recipe`` holds the rule's own recipe fields
+    (stamped by the ``"text"`` rule kind). Returns an :class:`~olam_edit.Edit` for component ``"unet"``.
     """
+    weight = _prior_weight(prior_weight, lam)
     unet = unet_of(unet)
-    K, T = _as_keys(keys), _as_keys(targets)
-    if K.shape != T.shape:
-        raise ShapeMismatchError(explain("keys and targets must pair up", got=f"{tuple(K.shape)} and {tuple(T.shape)}"))
     names = check_layers(unet, cross_attention_layers(unet) if layers is None else layers)
     if not names:
         raise UnsupportedModelError(explain("the UNet has no cross-attention layers", got=type(unet).__name__))
-    _check_dim(unet, names, K.shape[1])
-    C = prior_matrix(prior, K.shape[1], ridge)
-    P = _as_keys(preserve) if preserve is not None else None
-    X = solve_map(K, C, lam, hard, P)
-    D = shared_directions(X)
-    fits = {n: fit_layer(get_handle(unet, n).parameter, K, T, X, D) for n in names}
-    metrics = {"relative_norm": max(f.relative_norm for f in fits.values()),
-               "residual_before": max(f.residual_before for f in fits.values()),
-               "residual_after": max(f.residual_after for f in fits.values()), "keys": int(K.shape[0])}
-    solver = {"method": "text_rule_hard" if hard else "text_rule", "lambda": lam, "ridge": ridge,
-              "prior": prior if isinstance(prior, str) else type(prior).__name__, "rank": int(D.shape[0]),
-              "value_space": "layer_output", "solve": "closed_form", "preserve_keys": 0 if P is None else len(P)}
-    return Edit.create(unet, {n: f.delta for n, f in fits.items()}, base_model=base_model or _name_of(unet),
-                       revision=revision, component="unet", solver=solver, recipe=recipe or {"type": "text_rule"},
-                       rule=rule, metrics=metrics, stats_fingerprint=stats_fingerprint,
-                       created_with=f"olam-edit {__version__}")
+    fit = solve_text_rule(unet, names, keys, targets, prior=prior, prior_weight=weight, hard=hard,
+                          preserve=preserve, ridge=ridge)
+    return text_rule_edit(unet, fit, fields=recipe, component="unet", base_model=base_model or _name_of(unet),
+                          revision=revision, rule=rule, stats_fingerprint=stats_fingerprint)
 
 
 def text_edit(pipe: Any, source: str | Sequence[str], destination: str | Sequence[str], *, prior: Any = "corpus",
-              lam: float = DEFAULT_LAMBDA, hard: bool = False, layers: Sequence[str] | None = None,
+              prior_weight: float | None = None, hard: bool = False, layers: Sequence[str] | None = None,
               preserve: Sequence[str] = (), padding: bool | None = None,
-              corpus: str | Path | Sequence[str] | None = None, ridge: float = DEFAULT_RIDGE,
-              base_model: str | None = None, revision: str | None = None) -> Edit:
+              corpus: str | Path | Sequence[str] | None = None, ridge: float = TEXT_PRIOR_RIDGE,
+              base_model: str | None = None, revision: str | None = None, lam: float | None = None) -> Edit:
     """Solve "render ``source`` as ``destination``" on every cross-attention ``to_k`` / ``to_v``.
 
     ``source`` and ``destination`` are prompts (or equal-length lists of prompts, one rule each).
     ``prior="corpus"`` uses C = E[k k^T] over ``corpus`` (default: the shipped prompt list);
-    ``"identity"`` gives TIME / UCE. ``preserve`` prompts keep their values. ``padding`` also edits
-    the padding positions after the source's last token, aligned to the destination's as TIME does
-    (default: on for the soft rule; off for the hard one, whose exact fit of the nearly collinear
-    padding keys would need a huge update).
+    ``"identity"`` gives TIME / UCE. ``prior_weight`` (default :data:`DEFAULT_PRIOR_WEIGHT`) weighs the
+    prior in the soft rule; ``lam=`` is its deprecated old name. ``preserve`` prompts keep their values.
+    ``padding`` also edits the padding positions after the source's last token, aligned to the
+    destination's as TIME does (default: on for the soft rule; off for the hard one, whose exact fit
+    of the nearly collinear padding keys would need a huge update).
     """
+    weight = _prior_weight(prior_weight, lam)
     padding = not hard if padding is None else padding
     sources = [source] if isinstance(source, str) else list(source)
     dests = [destination] if isinstance(destination, str) else list(destination)
     unet_of(pipe)  # a clear error for pipelines without a UNet, before any encoding
     rk = rule_keys(pipe, sources, dests, padding)
-    stats_fp = None
+    stats_fp, label = None, prior if isinstance(prior, str) else None
     if isinstance(prior, str) and prior == "corpus":
         prior = prompt_moment(pipe, corpus)
         stats_fp = prior.manifest["fingerprint"]
     P = torch.cat([encode(pipe, [p])[0, : len(token_ids(pipe, p))] for p in preserve]) if preserve else None
-    recipe = {"type": "text_rule", "source": sources, "destination": dests, "preserve": list(preserve),
-              "padding": padding, "alignments": rk.alignments,
+    fields = {"source": sources, "destination": dests, "preserve": list(preserve), "padding": padding,
+              "alignments": rk.alignments, **({"prior": label} if label else {}),
               "corpus": None if corpus is None else (str(corpus) if isinstance(corpus, str | Path) else len(corpus))}
     rule = "; ".join(f"render {s!r} as {d!r}" for s, d in zip(sources, dests, strict=True))
-    return text_edit_from_embeddings(pipe, rk.keys, rk.targets, prior=prior, lam=lam, hard=hard, layers=layers,
-                                     preserve=P, ridge=ridge, base_model=base_model or _name_of(pipe),
-                                     revision=revision, recipe=recipe, rule=rule, stats_fingerprint=stats_fp)
+    return text_edit_from_embeddings(pipe, rk.keys, rk.targets, prior=prior, prior_weight=weight, hard=hard,
+                                     layers=layers, preserve=P, ridge=ridge, base_model=base_model or _name_of(pipe),
+                                     revision=revision, recipe=fields, rule=rule, stats_fingerprint=stats_fp)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _as_keys(t: Tensor) -> Tensor:
-    t = torch.as_tensor(t).detach().to(torch.float64).cpu()
-    if t.ndim not in (2, 3) or not torch.isfinite(t).all():
-        raise ShapeMismatchError(explain("keys must be finite [n, d] or [B, T, d] embeddings", got=tuple(t.shape)))
-    return t.reshape(-1, t.shape[-1])
-
-
-def _check_dim(unet: nn.Module, names: Sequence[str], dim: int) -> None:
-    for name in names:
-        got = get_handle(unet, name).key_dim
-        if got != dim:
-            raise ShapeMismatchError(explain(f"{name} reads {got}-dimensional embeddings",
-                                             got=f"keys of dimension {dim}", expected=got,
-                                             fix="Encode the prompts with this model's text encoder(s)."))
-
+def _prior_weight(prior_weight: float | None, lam: float | None) -> float:
+    """The prior's weight from ``prior_weight=`` or the deprecated ``lam=`` (which in the core names Lambda)."""
+    if lam is None:
+        return DEFAULT_PRIOR_WEIGHT if prior_weight is None else float(prior_weight)
+    if prior_weight is not None:
+        raise RequestError(explain("both prior_weight= and its deprecated name lam= were given",
+                                   got=f"prior_weight={prior_weight}, lam={lam}", fix="Pass prior_weight= only."))
+    warnings.warn("text_edit(..., lam=) is deprecated: pass prior_weight= (the prior's weight; lam names an "
+                  "edit's Lambda factor elsewhere in olam-edit)", DeprecationWarning, stacklevel=3)
+    return float(lam)
 
 def _name_of(obj: Any) -> str | None:
     cfg = getattr(obj, "config", None)
@@ -380,6 +279,7 @@ def _name_of(obj: Any) -> str | None:
     return name or getattr(obj, "name_or_path", None) or None
 
 
-__all__ = ["CORPUS_PATH", "DEFAULT_LAMBDA", "DEFAULT_RIDGE", "RuleKeys", "align_tokens", "check_layers",
-           "corpus_prompts", "cross_attention_layers", "encode", "prior_matrix", "prompt_moment", "rule_keys",
-           "shared_directions", "solve_map", "text_edit", "text_edit_from_embeddings", "token_ids", "unet_of"]
+__all__ = ["CORPUS_PATH", "DEFAULT_PRIOR_WEIGHT", "TEXT_PRIOR_RIDGE", "RuleKeys", "align_tokens", "as_keys",
+           "check_layers", "corpus_prompts", "cross_attention_layers", "encode", "prior_matrix", "prompt_moment",
+           "rule_keys", "shared_directions", "solve_map", "text_edit", "text_edit_from_embeddings", "token_ids",
+           "unet_of"]

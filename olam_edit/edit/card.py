@@ -10,11 +10,13 @@ lines of code that apply it, the recipe, the provenance and the licence terms.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from olam_edit.edit.core import Edit
+if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
+    from olam_edit.edit.core import Edit
+
 
 LIBRARY_NAME = "olam-edit"
 FACE_MODEL = "olam-edit/face-dcgan64"
@@ -86,15 +88,39 @@ def _intro(edit: Edit, repo_id: str) -> str:
             f"{PAPER}.\n\n**The rule:** {rule_text(edit)}.")
 
 
+def _recipe_dict(edit: Edit) -> dict[str, Any]:
+    recipe = edit.manifest.get("recipe")
+    return recipe if isinstance(recipe, dict) else {}
+
+
 def _layers_table(edit: Edit) -> str:
-    rows = ["| layer | kind | weight shape | rank | relative change ‖dW‖/‖W‖ |", "|---|---|---|---|---|"]
-    rel = (edit.manifest.get("metrics") or {}).get("relative_norm")
+    """One row per layer; a ``note`` column when the rule wrote ``recipe["layer_notes"]``."""
+    notes = _recipe_dict(edit).get("layer_notes")
+    notes = notes if isinstance(notes, dict) and notes else None
+    head = "| layer | kind | weight shape | rank | relative change ‖dW‖/‖W‖ |" + (" note |" if notes else "")
+    rows = [head, "|---|---|---|---|---|" + ("---|" if notes else "")]
     for name, delta in edit.deltas.items():
         info = edit.manifest.get("layers", {}).get(name, {})
-        change = f"{rel:.4f}" if isinstance(rel, int | float) and len(edit.deltas) == 1 else "n/a"
+        change = _relative_change(edit, name)
+        note = f" {_cell(notes.get(name, ''))} |" if notes else ""
         rows.append(f"| `{name}` | {info.get('kind', info.get('layout', '?'))} | {info.get('shape')} | "
-                    f"{delta.rank} | {change} |")
+                    f"{delta.rank} | {change} |{note}")
     return "## What it changes\n\n" + "\n".join(rows)
+
+
+def _relative_change(edit: Edit, name: str) -> str:
+    """||dW||/||W|| of one layer: ``metrics["relative_norms"][name]``, else the edit's single value."""
+    metrics = edit.manifest.get("metrics") or {}
+    per_layer = metrics.get("relative_norms")
+    rel = per_layer.get(name) if isinstance(per_layer, dict) else None
+    if rel is None and len(edit.deltas) == 1:
+        rel = metrics.get("relative_norm")
+    return f"{rel:.4f}" if isinstance(rel, int | float) and not isinstance(rel, bool) else "n/a"
+
+
+def _cell(text: object) -> str:
+    """Text safe inside a Markdown table cell (one line, no column separators)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def _picture(picture: str | None) -> str:
@@ -131,15 +157,40 @@ def _recipe(edit: Edit) -> str:
     solver = edit.manifest.get("solver")
     lines = ["## How it was made"]
     if isinstance(recipe, dict):
-        seeds = {k: (recipe.get(k) or {}).get("seed") for k in ("copy", "paste")}
-        context = [s.get("seed") for s in recipe.get("context") or [] if isinstance(s, dict)]
-        lines.append(f"Layer `{recipe.get('layer')}`, rank {recipe.get('rank')}: copy from sample seed "
-                     f"{seeds['copy']}, paste into sample seed {seeds['paste']}, context seeds {context or 'none'}. "
-                     "The painted masks are stored as PNG in `edit_config.json` (`recipe`), so anyone can "
-                     "re-derive the edit.")
+        lines.append(recipe_summary(recipe))
     if solver:
         lines.append(f"Solver settings:\n\n```json\n{json.dumps(solver, indent=1, sort_keys=True)}\n```")
     return "\n\n".join(lines) if len(lines) > 1 else ""
+
+
+def recipe_summary(recipe: dict[str, Any]) -> str:
+    """The "How it was made" paragraph of any rule kind.
+
+    A rule describes its own edits (dependency inversion: the card never imports the rules): its
+    recipe carries ``kind`` and ``summary`` (see :mod:`olam_edit.rules.registry`), rendered as they
+    are. Edit files written before rule kinds described themselves fall back to the request template
+    (a copy / paste recipe) or to the recipe's fields.
+    """
+    summary = recipe.get("summary")
+    if isinstance(summary, str) and summary.strip():
+        kind = recipe.get("kind")
+        return (f"Rule kind `{kind}`. " if isinstance(kind, str) and kind else "") + summary.strip()
+    if "copy" in recipe and "paste" in recipe:
+        return _legacy_spatial(recipe)
+    fields = {k: v for k, v in recipe.items() if isinstance(v, str | int | float | bool) or v is None}
+    what = f"a `{recipe['type']}` rule" if isinstance(recipe.get("type"), str) else "its rule"
+    listed = f":\n\n```json\n{json.dumps(fields, indent=1, sort_keys=True)}\n```" if fields else "."
+    return f"The recipe of {what} is stored in `edit_config.json` (`recipe`){listed}"
+
+
+def _legacy_spatial(recipe: dict[str, Any]) -> str:
+    """The spatial request's paragraph, for edit files without a ``summary`` (olam-edit 0.1.0)."""
+    seeds = {k: (recipe.get(k) or {}).get("seed") for k in ("copy", "paste")}
+    context = [s.get("seed") for s in recipe.get("context") or [] if isinstance(s, dict)]
+    return (f"Layer `{recipe.get('layer')}`, rank {recipe.get('rank')}: copy from sample seed "
+            f"{seeds['copy']}, paste into sample seed {seeds['paste']}, context seeds {context or 'none'}. "
+            "The painted masks are stored as PNG in `edit_config.json` (`recipe`), so anyone can "
+            "re-derive the edit.")
 
 
 def _provenance(edit: Edit, checksums: dict[str, str]) -> str:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from olam_edit.errors import EmptySelectionError, NonFiniteError, ShapeMismatchError, SingularStatisticError, explain
+from olam_edit.errors import EmptySelectionError, NonFiniteError, ShapeMismatchError, explain
+from olam_edit.memory.linalg import cholesky
 
+# Ridge of the spatial rule's C, relative to its mean eigenvalue. C is collected over many samples and
+# every key position of each (well conditioned), so a small ridge only guards round-off. The text rule's
+# prompt-corpus prior uses its own, larger TEXT_PRIOR_RIDGE (olam_edit.rules.text.solve).
 DEFAULT_RIDGE = 1e-4
 
 
@@ -37,14 +41,9 @@ def regularised(C: Tensor, ridge: float) -> Tensor:
 
 
 def _cholesky(C_reg: Tensor, ridge: float) -> Tensor:
-    L_chol, info = torch.linalg.cholesky_ex(C_reg)
-    if int(info) != 0:
-        raise SingularStatisticError(
-            explain("the key statistic C is singular or not positive definite",
-                    got=f"ridge={ridge}", expected="C + ridge*I positive definite",
+    """The Cholesky factor of C + ridge I (:func:`olam_edit.memory.linalg.cholesky`, one error message)."""
+    return cholesky(C_reg, "the key statistic C", got=f"ridge={ridge}", expected="C + ridge*I positive definite",
                     fix="Increase ridge (e.g. 1e-3) or collect statistics over more samples.")
-        )
-    return L_chol
 
 
 def context_directions(keys: Tensor, weights: Tensor | None, C: Tensor, rank: int = 1,

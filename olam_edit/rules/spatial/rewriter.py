@@ -1,8 +1,8 @@
 """Rewriter: the paper's context / copy / paste pipeline on one layer of a generator.
 
-``Rewriter(generator, layer)`` works with any object that follows the Generator protocol of
-``olam_edit.adapters.base`` (latents, keys_and_values, handle, stats, name, model). Statistics are
-collected (or read from the cache) on first use.
+``Rewriter(generator, layer)`` works with any object that follows the Generator protocol
+(:class:`olam_edit.rules.generator.Generator`: latents, keys_and_values, handle, stats, model and
+the provenance an edit records). Statistics are collected (or read from the cache) on first use.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from olam_edit.memory.delta import Delta
 from olam_edit.memory.directions import DEFAULT_RIDGE, context_directions
 from olam_edit.memory.solve import DEFAULT_SMOOTHNESS, Problem, SolveReport, erase_delta, rewrite_layer
 from olam_edit.memory.stats import SecondMoment
-from olam_edit.rules.spatial.request import EditRequest
+from olam_edit.rules.generator import Generator, check_generator
+from olam_edit.rules.registry import make_recipe
+from olam_edit.rules.spatial.request import EditRequest, Selection
 from olam_edit.rules.spatial.tensors import RuleTensors, composite, resize_mask, round_to_key_grid, weighted_keys
 
 HEATMAP_QUANTILE = 0.999  # the reference outlines keys above the 99.9th percentile
@@ -45,10 +47,10 @@ class Rewriter:
     the fit size. ``ridge`` regularises C (relative to its mean eigenvalue).
     """
 
-    def __init__(self, generator: Any, layer: str, *, smoothness: float = DEFAULT_SMOOTHNESS,
+    def __init__(self, generator: Generator, layer: str, *, smoothness: float = DEFAULT_SMOOTHNESS,
                  ridge: float = DEFAULT_RIDGE, stats: SecondMoment | None = None, stats_samples: int = 1000,
                  cache_dir: str | None = None, progress: bool = True) -> None:
-        self.generator, self.layer = generator, layer
+        self.generator, self.layer = check_generator(generator), layer  # RequestError naming missing members
         self.handle = generator.handle(layer)  # raises LayerNotFoundError / UnsupportedLayerError
         self.smoothness, self.ridge = smoothness, ridge
         self.stats_samples, self.cache_dir, self.progress = stats_samples, cache_dir, progress
@@ -82,7 +84,7 @@ class Rewriter:
         gen = self.generator
         x_p, v_p = gen.keys_and_values(self.layer, gen.latents([request.paste.seed]))
         _, v_c = gen.keys_and_values(self.layer, gen.latents([request.copy.seed]))
-        grid = tuple(v_p.shape[-2:])
+        grid = (v_p.shape[-2], v_p.shape[-1])  # the value grid (h, w)
         copy_m = resize_mask(request.copy.mask, grid).to(v_p.device)
         paste_m = resize_mask(request.paste.mask, grid).to(v_p.device)
         v_star, cbox, pbox, alpha = composite(v_p.double(), v_c.double(), copy_m, paste_m)
@@ -95,12 +97,22 @@ class Rewriter:
     def _context_keys(self, request: EditRequest, x_paste: Tensor, batch: int = 50) -> tuple[Tensor, Tensor]:
         if not request.context:
             return weighted_keys(x_paste, request.paste.mask)
+        return self.context_keys(request.context, batch)
+
+    def context_keys(self, context: list[Selection], batch: int = 50) -> tuple[Tensor, Tensor]:
+        """The keys ``[n, in]`` of this layer under the masks of the ``context`` selections, and their
+        weights ``[n]`` (keys of weight 0 left out; ``n`` is 0 when every mask misses the key grid).
+
+        One forward pass per ``batch`` selections. Raises RequestError for an empty ``context``.
+        """
+        if not context:
+            raise RequestError(explain("there are no context selections", fix="Select at least one region."))
         parts = []
-        for i in range(0, len(request.context), batch):  # one forward per batch of context samples
-            chunk = request.context[i : i + batch]
+        for i in range(0, len(context), batch):  # one forward per batch of context samples
+            chunk = context[i : i + batch]
             x, _ = self.generator.keys_and_values(self.layer, self.generator.latents([s.seed for s in chunk]))
             parts += [weighted_keys(x[j : j + 1], sel.mask) for j, sel in enumerate(chunk)]
-        return torch.cat([k for k, _ in parts]), torch.cat([w for _, w in parts])
+        return torch.cat([k for k, _ in parts]), torch.cat([w for _, w in parts])  # [n, in], [n]
 
     def directions(self, request: EditRequest, rule: RuleTensors | None = None) -> Tensor:
         """D ``[rank, in]`` from the request's context keys."""
@@ -136,11 +148,12 @@ class Rewriter:
         solver = {"method": method, "ridge": self.ridge, "rank": request.rank, "value_space": "layer_output",
                   "solve": "closed_form", **settings}
         return Edit.create(self.generator.model, {self.layer: delta}, base_model=self.generator.name,
-                           revision=getattr(self.generator, "revision", None), solver=solver,
-                           component=getattr(self.generator, "component", None),
-                           stats_fingerprint=self.stats.manifest.get("fingerprint"), recipe=request.to_json(),
+                           revision=self.generator.revision, solver=solver,
+                           component=self.generator.component,
+                           stats_fingerprint=self.stats.manifest.get("fingerprint"),
+                           recipe=make_recipe("spatial", request.to_json()),
                            rule=request.description or request.name, metrics=metrics,
-                           license=getattr(self.generator, "license", None),
+                           license=self.generator.license,
                            created_with=f"olam-edit {__version__}")
 
     # -- where the rule fires --------------------------------------------------------------------

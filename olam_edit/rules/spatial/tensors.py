@@ -109,7 +109,7 @@ def composite(v_paste: Tensor, v_copy: Tensor, copy_mask: Tensor, paste_mask: Te
 
     All maps are at the value grid; returns (v_star, copy box, paste box, alpha).
     """
-    grid = tuple(v_paste.shape[-2:])
+    grid = (v_paste.shape[-2], v_paste.shape[-1])  # the value grid (h, w)
     cbox = tight_box(copy_mask, "copy")
     pbox = paste_box(cbox.height, cbox.width, tight_box(paste_mask, "paste").center, grid)
     alpha = copy_mask[cbox.slices()].to(v_paste)  # [bh, bw]
@@ -122,7 +122,7 @@ def composite(v_paste: Tensor, v_copy: Tensor, copy_mask: Tensor, paste_mask: Te
 
 def weighted_keys(x: Tensor, mask: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
     """Keys ``[n, in]`` of a key map ``[1, in, h, w]`` under a soft mask, and their weights ``[n]``."""
-    w = resize_mask(mask, tuple(x.shape[-2:])).reshape(-1).to(x.device)  # [h*w]
+    w = resize_mask(mask, (x.shape[-2], x.shape[-1])).reshape(-1).to(x.device)  # [h*w]
     keys = x[0].reshape(x.shape[1], -1).T.to(torch.float64)  # [h*w, in]
     keep = w > 0
     return keys[keep], w[keep]
