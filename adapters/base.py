@@ -1,8 +1,12 @@
-"""The Generator protocol: one way for the rest of the package to talk to any generator.
+"""BaseGenerator: the shared implementation of the core's Generator protocol.
 
-A Generator owns a stock ``nn.Module`` (never rewritten: keys and values come from hooks) and knows
-its latent shape, how to draw deterministic latents for seeds, how to render latents to images in
-[-1, 1], which layers are editable, and how to collect a layer's key statistics with a cache.
+The protocol (what the core asks of a generator) is :class:`olam_edit.rules.generator.Generator`.
+A BaseGenerator owns a stock ``nn.Module`` (never rewritten: keys and values come from hooks) and
+knows how to draw deterministic latents for seeds, how to render latents to images in [-1, 1],
+which layers are editable, and how to collect a layer's key statistics with a cache. A model
+family subclasses it and implements :meth:`BaseGenerator.sample_latent` (and, where it needs to,
+overrides :meth:`~BaseGenerator.render`, :meth:`~BaseGenerator.handle` or
+:meth:`~BaseGenerator.sampler_settings`). ``Generator`` is kept as another name for it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,17 +46,21 @@ class _StopAtLayer(Exception):
     """Raised by a key hook to end a forward pass once the layer's input is known."""
 
 
-class Generator:
-    """Base class: subclasses implement :meth:`sample_latent` and may override :meth:`render`."""
+class BaseGenerator:
+    """Implements :class:`olam_edit.rules.generator.Generator`; subclasses implement :meth:`sample_latent`.
 
-    key_hook_options: ClassVar[dict[str, Any]] = {}  # passed to LayerHandle.register_key_hook by keys_and_values
+    ``name``, ``revision``, ``license`` and ``component`` are what an edit made on this generator
+    records (``component``: the model's place inside a pipeline, such as ``"vae"``; None for a
+    plain generator).
+    """
 
     def __init__(self, model: nn.Module, *, name: str, revision: str | None = None,
-                 license: str | None = None) -> None:
+                 license: str | None = None, component: str | None = None) -> None:
         self.model = model.eval()
         self.name = name
         self.revision = revision
         self.license = license
+        self.component = component
 
     # -- latents and images ----------------------------------------------------------------------
     def sample_latent(self, gen: torch.Generator) -> Tensor:
@@ -91,6 +99,7 @@ class Generator:
         return list_layers(self.model)
 
     def handle(self, layer: str) -> LayerHandle:
+        """The layer's handle (a family whose handles need options of their own overrides this)."""
         return get_handle(self.model, layer)
 
     def keys_and_values(self, layer: str, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,7 +115,7 @@ class Generator:
             raise _StopAtLayer
 
         with model_lock(self.model):  # a concurrent preview swaps parameters in place
-            hook = h.register_key_hook(grab, **self.key_hook_options)
+            hook = h.register_key_hook(grab)
             try:
                 with torch.no_grad():
                     self.model(z)
@@ -153,7 +162,7 @@ class Generator:
 class _LatentBatches:
     """An indexable sequence of latent batches for consecutive seeds (made on demand)."""
 
-    def __init__(self, gen: Generator, first: int, samples: int, batch_size: int) -> None:
+    def __init__(self, gen: BaseGenerator, first: int, samples: int, batch_size: int) -> None:
         self.gen, self.first, self.samples, self.bs = gen, first, samples, batch_size
 
     def __len__(self) -> int:
@@ -163,3 +172,6 @@ class _LatentBatches:
         start = self.first + i * self.bs
         stop = min(self.first + self.samples, start + self.bs)
         return self.gen.latents(range(start, stop))
+
+
+Generator = BaseGenerator  # the name this class had before the protocol moved to the core

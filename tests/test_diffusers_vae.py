@@ -9,10 +9,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from olam_edit.adapters.diffusers.vae import VAEDecode, vae_generator
 from tiny_diffusers import tiny_vae
 
 import olam_edit as oe
+from olam_edit.adapters.diffusers.vae import VAEDecode, vae_generator
 from olam_edit.errors import UnsupportedModelError
 from olam_edit.memory.solve import Problem, objective
 from olam_edit.rules.spatial.request import EditRequest, Selection

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from olam_edit.adapters import TorchGenerator, load_default
 from tiny_models import tiny_dcgan
 
+from olam_edit.adapters import TorchGenerator, load_default
 from olam_edit.errors import RequestError
 from olam_edit.eval.evaluate import evaluate, heldout_seeds, score
 from olam_edit.rules.spatial.examples import load_example

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from gan_face_generate.models import Generator
-from olam_edit.adapters.face_dcgan import convert as convert_face_dcgan
-from olam_edit.adapters.face_dcgan import model as face_dcgan
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from olam_edit.adapters.face_dcgan import convert as convert_face_dcgan
+from olam_edit.adapters.face_dcgan import model as face_dcgan
 from olam_edit.errors import NonFiniteError, ShapeMismatchError
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from olam_edit.adapters import load_default
 
+from olam_edit.adapters import load_default
 from olam_edit.rules.spatial.examples import list_examples, load_example
 from olam_edit.rules.spatial.rewriter import Rewriter
 

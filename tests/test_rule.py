@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from olam_edit.adapters import TorchGenerator
 from tiny_models import tiny_dcgan
 
 import olam_edit as oe
+from olam_edit.adapters import TorchGenerator
 from olam_edit.errors import EmptySelectionError, LayerNotFoundError, RequestError
 from olam_edit.rules.spatial.request import EditRequest, Selection, mask_from_image, mask_to_png
 from olam_edit.rules.spatial.rewriter import Rewriter

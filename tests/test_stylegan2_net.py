@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config
 from olam_edit.adapters.stylegan2.modconv import ModulatedConv
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator

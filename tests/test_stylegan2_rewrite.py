@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+import olam_edit as oe
+import olam_edit.memory.solve as core_solve
 from olam_edit.adapters import load_generator
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config
 from olam_edit.adapters.stylegan2.files import save_stylegan2
 from olam_edit.adapters.stylegan2.generator import StyleGAN2Adapter, load_generator_from_path
 from olam_edit.adapters.stylegan2.handle import ModConvHandle
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
-
-import olam_edit as oe
-import olam_edit.memory.solve as core_solve
 from olam_edit.errors import RequestError
 from olam_edit.memory.solve import _sqrt_psd, smoothness_matrix
 from olam_edit.rules.spatial.request import EditRequest, Selection

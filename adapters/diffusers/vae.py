@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from olam_edit.adapters.torch_generator import TorchGenerator
 from torch import Tensor, nn
 
+from olam_edit.adapters.torch_generator import TorchGenerator
 from olam_edit.errors import UnsupportedModelError, explain
 
 COMPONENT = "vae"
@@ -64,10 +64,8 @@ def vae_generator(model: Any, latent_size: int | tuple[int, int] | None = None, 
     channels = int(_cfg(vae.config, "latent_channels", 4)) if hasattr(vae, "config") else _in_channels(decode)
     hw = latent_size or _default_latent_size(vae)
     h, w = (hw, hw) if isinstance(hw, int) else hw
-    gen = TorchGenerator(decode, (channels, h, w), name=name or _name(model) or "diffusers-vae", revision=revision,
-                         license=license)
-    gen.component = COMPONENT  # the edit's target inside a pipeline (pipe.vae)
-    return gen
+    return TorchGenerator(decode, (channels, h, w), name=name or _name(model) or "diffusers-vae", revision=revision,
+                          license=license, component=COMPONENT)  # an edit's target inside a pipeline: pipe.vae
 
 
 def _cfg(config: Any, key: str, default: Any) -> Any:

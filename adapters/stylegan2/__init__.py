@@ -1,6 +1,6 @@
 """Load, save and convert StyleGAN2 generators without running code from the checkpoint.
 
-Formats read into :class:`~olam_edit.adapters._stylegan2_net.StyleGAN2Generator`:
+Formats read into :class:`~olam_edit.adapters.stylegan2.net.StyleGAN2Generator`:
 
 * rosinality/stylegan2-pytorch ``.pt``: ``{"g_ema": state_dict, "latent_avg": [D]}``, read with
   ``torch.load(weights_only=True)``; the architecture is inferred from the shapes (the mapping

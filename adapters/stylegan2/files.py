@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from olam_edit.adapters.stylegan2.build import (
     CONFIG_NAME,
     FORMAT_NAME,
@@ -22,10 +24,8 @@ from olam_edit.adapters.stylegan2.config import StyleGAN2Config
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from olam_edit.adapters.stylegan2.nvlabs import load_nvlabs_pickle
 from olam_edit.adapters.stylegan2.rosinality import load_rosinality
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from olam_edit.errors import EditFileError, explain
+from olam_edit.errors import WeightFileError, explain
+from olam_edit.files.atomic import atomic_write
 
 
 def save_stylegan2(generator: StyleGAN2Generator, directory: str | os.PathLike) -> Path:
@@ -41,15 +41,9 @@ def save_stylegan2(generator: StyleGAN2Generator, directory: str | os.PathLike) 
 
 
 def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
-    """Run ``write(temp_path)`` beside ``target``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Run ``write(temp_path)`` beside ``target``, then move it into place (:func:`atomic_write`: fsync,
+    the umask's mode, rename)."""
+    atomic_write(target, lambda tmp: write(str(tmp)))
 
 
 def load_olam_stylegan2(path: str | os.PathLike) -> StyleGAN2Generator:
@@ -60,8 +54,8 @@ def load_olam_stylegan2(path: str | os.PathLike) -> StyleGAN2Generator:
     try:
         state = load_file(folder / WEIGHTS_NAME)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise EditFileError(explain(f"{folder / WEIGHTS_NAME}: unreadable safetensors file",
-                                    got=str(exc)[:200], fix="Download or convert the model again.")) from exc
+        raise WeightFileError(explain(f"{folder / WEIGHTS_NAME}: unreadable safetensors file",
+                                      got=str(exc)[:200], fix="Download or convert the model again.")) from exc
     return build_generator(config, state, source=str(folder / WEIGHTS_NAME))
 
 
@@ -70,45 +64,85 @@ def _read_config(path: Path) -> StyleGAN2Config:
     try:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT_NAME:
-            raise EditFileError(explain(f"{path}: not an olam-edit StyleGAN2 config", got=data.get("format"),
-                                        expected=FORMAT_NAME))
+            raise WeightFileError(explain(f"{path}: not an olam-edit StyleGAN2 config", got=data.get("format"),
+                                          expected=FORMAT_NAME))
         return StyleGAN2Config.from_dict(data["config"])
-    except EditFileError:
+    except WeightFileError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise EditFileError(explain(f"{path}: unreadable StyleGAN2 config",
-                                    got=f"{type(exc).__name__}: {exc}",
-                                    fix="Re-create it with save_stylegan2 / convert_stylegan2.")) from exc
+        raise WeightFileError(explain(f"{path}: unreadable StyleGAN2 config",
+                                      got=f"{type(exc).__name__}: {exc}",
+                                      fix="Re-create it with save_stylegan2 / convert_stylegan2.")) from exc
 
 
 _SUFFIX_RANK = {".safetensors": 0, ".pt": 1, ".pth": 1, ".pkl": 2}
 
 
 def find_stylegan2_file(repo_dir: str | os.PathLike) -> Path:
-    """The checkpoint to load from a downloaded snapshot: ours, else a ``.pt``/``.pth``, else a ``.pkl``.
+    """The checkpoint to load from a folder (a downloaded snapshot): ours, else a ``.pt``/``.pth``, else a ``.pkl``.
 
-    Our ``model.safetensors`` counts only with ``config.json`` beside it. Two candidates of the best
-    kind raise EditFileError (name the file instead); none raises FileNotFoundError.
+    Only the folder's own files count: sub-folders are never searched (a Hub snapshot keeps its
+    checkpoint at the top; a checkpoint deeper down is loaded by naming it), and hidden files are
+    skipped. Our ``model.safetensors`` counts only with ``config.json`` beside it. Two candidates of
+    the best kind raise WeightFileError (name the file instead); none raises FileNotFoundError.
     """
     root = Path(repo_dir)
-    found: dict[int, list[Path]] = {}
-    for file in sorted(root.rglob("*")):
-        rank = _SUFFIX_RANK.get(file.suffix.lower())
-        hidden = any(part.startswith(".") for part in file.relative_to(root).parts)
-        if rank is None or hidden or not file.is_file():
-            continue
-        if rank == 0 and (file.name != WEIGHTS_NAME or not (file.parent / CONFIG_NAME).is_file()):
-            continue
-        found.setdefault(rank, []).append(file)
+    found = _candidates(root)
     if not found:
-        raise FileNotFoundError(explain(f"no StyleGAN2 checkpoint in {root}",
-                                        expected="model.safetensors + config.json, *.pt or *.pkl"))
+        raise FileNotFoundError(explain(f"no StyleGAN2 checkpoint in {root} (sub-folders are not searched)",
+                                        expected="model.safetensors + config.json, *.pt or *.pkl in the folder",
+                                        fix="Name the checkpoint file to load."))
     best = found[min(found)]
     if len(best) > 1:
-        raise EditFileError(explain(f"several StyleGAN2 checkpoints in {root}",
-                                    got=_short([str(p.relative_to(root)) for p in best]),
-                                    fix="Name the file to load."))
+        raise WeightFileError(explain(f"several StyleGAN2 checkpoints in {root}",
+                                      got=_short([p.name for p in best]),
+                                      fix="Name the file to load."))
     return best[0]
+
+
+def _candidates(folder: Path) -> dict[int, list[Path]]:
+    """The checkpoints directly in ``folder`` by kind (0 ours, 1 ``.pt``/``.pth``, 2 ``.pkl``), sorted by name."""
+    found: dict[int, list[Path]] = {}
+    for file in sorted(folder.iterdir()):
+        rank = _SUFFIX_RANK.get(file.suffix.lower())
+        if rank is None or file.name.startswith(".") or not file.is_file():
+            continue
+        if rank == 0 and (file.name != WEIGHTS_NAME or not (folder / CONFIG_NAME).is_file()):
+            continue
+        found.setdefault(rank, []).append(file)
+    return found
+
+
+def looks_like_stylegan2(path: str | os.PathLike) -> bool:
+    """The adapter registry's sniff: whether :func:`load_stylegan2` would take ``path``. Cheap.
+
+    A folder with a checkpoint of its own (see :func:`find_stylegan2_file`); a ``.pt``, ``.pth`` or
+    ``.pkl`` file; our ``model.safetensors`` or ``config.json`` with the other beside it; a file
+    without a suffix that starts like a torch zip or a pickle. Our format is recognised by the
+    ``format`` field of ``config.json`` (a transformers folder has these two names too); at most
+    that small file and 2 bytes of a checkpoint are read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = _candidates(path)
+        return bool(found) and (set(found) != {0} or _is_ours(path))
+    if not path.is_file():
+        return False
+    if path.name in (WEIGHTS_NAME, CONFIG_NAME):
+        return (path.parent / WEIGHTS_NAME).is_file() and _is_ours(path.parent)
+    if path.suffix:
+        return path.suffix.lower() in (".pt", ".pth", ".pkl")
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
+def _is_ours(folder: Path) -> bool:
+    """Whether ``folder / config.json`` declares our StyleGAN2 format (False when unreadable)."""
+    try:
+        return json.loads((folder / CONFIG_NAME).read_text()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _sniff(path: Path) -> str:
@@ -126,8 +160,8 @@ def _sniff(path: Path) -> str:
         return "rosinality"
     if head[:1] == b"\x80":
         return "rosinality" if head[1:2] == b"\x02" else "nvlabs"
-    raise EditFileError(explain(f"{path}: unknown checkpoint format", got=repr(head),
-                                expected=".safetensors, .pt or .pkl"))
+    raise WeightFileError(explain(f"{path}: unknown checkpoint format", got=repr(head),
+                                  expected=".safetensors, .pt or .pkl"))
 
 
 def load_stylegan2(path: str | os.PathLike) -> StyleGAN2Generator:

@@ -5,20 +5,22 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from olam_edit.adapters.base import Generator
+
+from olam_edit.adapters.base import BaseGenerator
 from olam_edit.adapters.stylegan2.config import NOISE_MODES
 from olam_edit.adapters.stylegan2.files import load_stylegan2
+from olam_edit.adapters.stylegan2.handle import ModConvHandle
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
-
 from olam_edit.errors import RequestError, explain
+from olam_edit.memory.handles import LayerHandle
 
 DEFAULT_TRUNCATION = 0.5  # the paper's notebooks and UI
 
 
-class StyleGAN2Adapter(Generator):
+class StyleGAN2Adapter(BaseGenerator):
     """A :class:`StyleGAN2Generator` as a deterministic sampler ``z [z_dim] -> image [3, S, S]``.
 
     ``truncation`` (default 0.5 as in the paper's UI), ``truncation_cutoff`` and ``noise_mode``
@@ -26,10 +28,9 @@ class StyleGAN2Adapter(Generator):
     model's attributes, which ``model(z)`` uses; they are part of :meth:`sampler_settings`, so
     statistics cached under other settings are not reused. Editable layers are the modulated convs
     ``layers.layerN.conv`` (and ``to_rgbs.rgbR.conv``); :meth:`layer_name` maps ``"layer8"`` to one.
-    Key maps are pinned by the handle, which remembers each map's style so it can compute values.
+    The handles it gives out are pinned (see :meth:`handle`), so every key map it captures stays
+    findable by its style while statistics passes run.
     """
-
-    key_hook_options: ClassVar[dict[str, Any]] = {"pin": True}
 
     def __init__(self, model: StyleGAN2Generator, *, name: str, truncation: float = DEFAULT_TRUNCATION,
                  truncation_cutoff: int | None = None, noise_mode: str = "const", revision: str | None = None,
@@ -74,6 +75,13 @@ class StyleGAN2Adapter(Generator):
         """Truncation, its cutoff and the noise mode: they change the keys' distribution."""
         return {"truncation": self.truncation, "truncation_cutoff": self.truncation_cutoff,
                 "noise_mode": self.noise_mode}
+
+    def handle(self, layer: str) -> LayerHandle:
+        """The layer's handle; a modulated conv's is pinned: the style of every key map its hooks deliver
+        (``keys_and_values``, the Rewriter's captures) is kept among the 256 pinned ones, so the values
+        of those keys can be computed later (see :mod:`olam_edit.adapters.stylegan2.handle`)."""
+        h = super().handle(layer)
+        return h.pinned() if isinstance(h, ModConvHandle) else h
 
     @staticmethod
     def layer_name(layer: str) -> str:

@@ -1,6 +1,6 @@
 """The layer handle of StyleGAN2's modulated convolution (layout ``conv2d``, kind ``stylegan2_modconv``).
 
-Keys and values follow DESIGN section 4: a key is the *modulated* input ``s (.) x`` at one pixel
+A key is the *modulated* input ``s (.) x`` at one pixel
 (``[B, I, H, W]``, read from ``conv.key_tap``); the value is the demodulated convolution output
 (after the up-sampling blur on up layers), before noise, bias and activation (``conv.value_tap``).
 The effective weight is ``conv.scale * conv.weight``; edits are stored in those units.
@@ -12,22 +12,24 @@ Two things make this layer differ from a plain conv:
   ``s`` cannot be recovered from ``k = s (.) x``. So every key map a hook of this handle delivers
   is recorded with the style of its batch in a small book per module, and :meth:`linear_op` looks
   the style up again by the key map's *content* (shape and 64 evenly spaced entries, compared
-  exactly; a float64 copy of float32 keys matches). ``capture_input`` pins its entries (the 256
-  latest are kept, enough for a rewrite's paste, copy and context samples while a statistics pass
-  runs); plain ``register_key_hook`` (statistics passes) keeps only the latest 4. A key map that
-  no hook delivered raises RequestError.
+  exactly; a float64 copy of float32 keys matches). A *pinned* handle (``ModConvHandle(name,
+  module, pin=True)``, which ``StyleGAN2Adapter.handle`` gives out) and ``capture_input`` pin
+  their entries (the 256 latest are kept, enough for a rewrite's paste, copy and context samples
+  while a statistics pass runs); the plain handle ``get_handle`` makes (statistics passes) keeps
+  only the latest 4. A key map that no hook delivered raises RequestError.
 * **The value is not linear in W.** Unfrozen, :meth:`linear_op` computes ``d`` from the ``w`` it is
   given: for the layer's current weight it reproduces the network's values (bit for bit in
   float64). The solver calls :meth:`freeze` with a weight; until ``freeze(None)``, ``d`` comes from
   that weight, which makes :meth:`linear_op` and :meth:`delta_response` linear in the weight
-  (DESIGN section 4: hold the demodulation fixed, solve, recompute it with W1, repeat).
+  (hold the demodulation fixed, solve, recompute it with W1, repeat: ``linear_in_weight`` is
+  False, so the solver does this).
 
 The solver's closed form shares one basis of responses across output channels, but a frozen ``d``
 scales each output channel differently. :meth:`output_scale` and :meth:`unscaled_delta_response`
-expose that split for a solver that weights each output channel by its own scale. With the
-present core (which asks ``delta_response`` for the basis with ``J = r * k * k`` "output
-channels"), the basis is scaled by the mean of ``d`` over output channels instead: an
-approximation, exact only when ``d`` is the same for every output channel.
+(hooks declared on ``LayerHandle``) expose that split, and the solver weights each output channel
+by its own scale. Asked directly for ``delta_response`` with other than ``O`` output channels,
+the handle scales by the mean of ``d`` over output channels instead: an approximation, exact only
+when ``d`` is the same for every output channel.
 """
 
 from __future__ import annotations
@@ -134,10 +136,16 @@ class ModConvHandle(LayerHandle):
 
     layout = L.CONV2D
     kind = "stylegan2_modconv"
+    linear_in_weight = False  # the demodulation depends on W: the solver freezes it and refines
 
-    def __init__(self, name: str, module: nn.Module) -> None:
+    def __init__(self, name: str, module: nn.Module, *, pin: bool = False) -> None:
         super().__init__(name, module)
+        self.pin = pin  # record the styles of the key maps this handle's hooks deliver as pinned
         self._frozen: Tensor | None = None  # [O, I, k, k] weight the demodulation is held at
+
+    def pinned(self) -> ModConvHandle:
+        """The same layer's handle with ``pin=True`` (what the StyleGAN2 adapter hands out)."""
+        return ModConvHandle(self.name, self.module, pin=True)
 
     # -- weights ---------------------------------------------------------------------------------
     def effective_weight(self) -> Tensor:
@@ -210,20 +218,21 @@ class ModConvHandle(LayerHandle):
             scale = scale.mean(dim=1, keepdim=True)  # [B, 1]
         return raw * scale[:, :, None, None]
 
-    def register_key_hook(self, fn: Callable[[Tensor], Any], *, pin: bool = False) -> _HookPair:
+    def register_key_hook(self, fn: Callable[[Tensor], Any], *, pin: bool | None = None) -> _HookPair:
         """Call ``fn(keys)`` with the key map ``s (.) x`` ``[B, I, H, W]`` on every forward.
 
         The batch's style is recorded with the keys first (so ``fn`` may raise to stop the forward,
-        as statistics passes do); ``pin`` keeps the record among the 256 pinned ones. ``fn``'s
-        return value is ignored (the keys are never replaced).
+        as statistics passes do); ``pin`` (default: the handle's own ``pin``) keeps the record among
+        the 256 pinned ones. ``fn``'s return value is ignored (the keys are never replaced).
         """
         book, seen = style_book(self.module), {}
+        pinned = self.pin if pin is None else pin
 
         def on_style(_m: nn.Module, _args: Any, style: Tensor) -> None:
             seen["style"] = style.detach()  # [B, I]
 
         def on_keys(_m: nn.Module, _args: Any, keys: Tensor) -> None:
-            book.add(keys, seen["style"], pinned=pin)
+            book.add(keys, seen["style"], pinned=pinned)
             fn(keys)
 
         return _HookPair([self.module.style_tap.register_forward_hook(on_style),

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from olam_edit.adapters.stylegan2.config import EPS
 from olam_edit.adapters.stylegan2.ops import EqualLinear, blur_kernel, fir_filter, fused_lrelu
-from torch import nn
 
 if TYPE_CHECKING:
     from olam_edit.memory.handles import LayerHandle
@@ -92,7 +93,7 @@ class ModulatedConv(nn.Module):
         return self.value_tap(values)  # [B, O, H', W']
 
     def olam_handle(self, name: str) -> LayerHandle:
-        """The olam-edit handle of this layer (keys s (.) x, demodulated values; see ``_stylegan2_handle``)."""
+        """The olam-edit handle of this layer: keys s (.) x, demodulated values (see ``stylegan2.handle``)."""
         from olam_edit.adapters.stylegan2.handle import ModConvHandle
 
         return ModConvHandle(name, self)

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+
 from olam_edit.adapters.stylegan2.config import EPS, NOISE_MODES, StyleGAN2Config
 from olam_edit.adapters.stylegan2.modconv import ModulatedConv, StyledConv, ToRGB
 from olam_edit.adapters.stylegan2.ops import EqualLinear, blur_kernel, upsample_2x
-from torch import nn
 
 if TYPE_CHECKING:
     pass

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from olam_edit.adapters.stylegan2.config import BLUR_TAPS, LRELU_GAIN, LRELU_SLOPE
 from torch import nn
+
+from olam_edit.adapters.stylegan2.config import BLUR_TAPS, LRELU_GAIN, LRELU_SLOPE
 
 if TYPE_CHECKING:
     pass

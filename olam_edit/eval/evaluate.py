@@ -25,8 +25,10 @@ from tqdm.auto import tqdm
 
 from olam_edit.edit.core import Edit
 from olam_edit.errors import RequestError, explain
+from olam_edit.rules.generator import Generator
 from olam_edit.rules.spatial.request import EditRequest
 from olam_edit.rules.spatial.rewriter import HEATMAP_QUANTILE, Rewriter
+from olam_edit.rules.spatial.tensors import RuleTensors
 
 DEFAULT_HELDOUT = range(10_000, 10_200)
 GENERALITY_THRESHOLD = 0.05  # mean |change| in the region, in [-1, 1] pixel units
@@ -114,7 +116,7 @@ def heatmap_region(rewriter: Rewriter, directions: Tensor, seeds: list[int], siz
     return F.interpolate(hit, size=size, mode="nearest")[:, 0] > 0.5
 
 
-def evaluate(generator: Any, edit_or_request: Edit | EditRequest, *, seeds: Sequence[int] | None = None,
+def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds: Sequence[int] | None = None,
              region: Tensor | None = None, baselines: bool = True, rewriter: Rewriter | None = None,
              quantile: float = HEATMAP_QUANTILE, threshold: float = GENERALITY_THRESHOLD,
              steps: dict[str, int] | None = None, progress: bool = True) -> Report:
@@ -124,10 +126,12 @@ def evaluate(generator: Any, edit_or_request: Edit | EditRequest, *, seeds: Sequ
     the base model's context heatmap. Baselines need the request (an Edit's recipe serves).
     """
     request, edit = _request_and_edit(edit_or_request)
-    layer = request.layer if request is not None else edit.layers[0]
+    layer = request.layer if request is not None else edit.layers[0] if edit is not None else ""
     rw = rewriter or Rewriter(generator, layer, progress=progress)
-    if edit is None:
+    if edit is None and request is not None:
         edit = rw.rewrite(request)
+    if edit is None:
+        raise RequestError(explain("evaluate needs an edit or a request", got=type(edit_or_request).__name__))
     held = heldout_seeds(request, seeds)
     before = generator.images(held)
     reg = _region(rw, edit, layer, held, before.shape[-2:], region, quantile)
@@ -156,10 +160,10 @@ def _region(rw: Rewriter, edit: Edit, layer: str, seeds: list[int], size: torch.
         reg = torch.as_tensor(region).bool()
         return reg.expand(len(seeds), *reg.shape[-2:]) if reg.ndim == 2 else reg
     D = edit.deltas[layer].directions.double()
-    return heatmap_region(rw, D, seeds, tuple(size), quantile)
+    return heatmap_region(rw, D, seeds, (size[-2], size[-1]), quantile)
 
 
-def _render(generator: Any, model: nn.Module, seeds: list[int]) -> Tensor:
+def _render(generator: Generator, model: nn.Module, seeds: list[int]) -> Tensor:
     with torch.no_grad():
         return torch.cat([model(generator.latents(seeds[i : i + 25])).clamp(-1, 1) for i in range(0, len(seeds), 25)])
 
@@ -169,7 +173,7 @@ def _steps(steps: dict[str, int]) -> dict[str, int]:
     return {"finetune_layer": steps.get("finetune_layer", 2001), "finetune_all": steps.get("finetune_all", 2001)}
 
 
-def _baselines(generator: Any, rw: Rewriter, request: EditRequest, steps: dict[str, int], progress: bool
+def _baselines(generator: Generator, rw: Rewriter, request: EditRequest, steps: dict[str, int], progress: bool
                ) -> dict[str, nn.Module]:
     n = _steps(steps)
     rule = rw.rule_tensors(request)
@@ -177,14 +181,14 @@ def _baselines(generator: Any, rw: Rewriter, request: EditRequest, steps: dict[s
             "finetune_all": finetune_all(generator, rw, request, rule, n["finetune_all"], progress)}
 
 
-def _relative_adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+def _relative_adam(params: list[Tensor], lr: float) -> torch.optim.Adam:
     """Adam whose step size is ``lr`` times each tensor's RMS: the reference's lr assumes unit-scale
     (equalised learning-rate) weights, so this keeps the same relative step on any layer."""
     groups = [{"params": [p], "lr": lr * float(p.detach().pow(2).mean().sqrt().clamp_min(1e-8))} for p in params]
     return torch.optim.Adam(groups)
 
 
-def finetune_layer(rw: Rewriter, rule: Any, steps: int = 2001, progress: bool = True, lr: float = 0.05
+def finetune_layer(rw: Rewriter, rule: RuleTensors, steps: int = 2001, progress: bool = True, lr: float = 0.05
                    ) -> nn.Module:
     """The reference's full-rank insert: Adam on the whole layer, L1 on the fit box, no projection."""
     model = copy.deepcopy(rw.generator.model)
@@ -202,7 +206,7 @@ def finetune_layer(rw: Rewriter, rule: Any, steps: int = 2001, progress: bool = 
     return model.eval()
 
 
-def goal_image(generator: Any, rw: Rewriter, request: EditRequest, rule: Any) -> Tensor:
+def goal_image(generator: Generator, rw: Rewriter, request: EditRequest, rule: RuleTensors) -> Tensor:
     """The paste sample rendered with its layer output replaced by the target values (the "goal")."""
     h = rw.handle
     v0 = h.values_of(rule.x_paste.to(h.parameter.dtype))
@@ -215,7 +219,7 @@ def goal_image(generator: Any, rw: Rewriter, request: EditRequest, rule: Any) ->
         hook.remove()
 
 
-def finetune_all(generator: Any, rw: Rewriter, request: EditRequest, rule: Any, steps: int = 2001,
+def finetune_all(generator: Generator, rw: Rewriter, request: EditRequest, rule: RuleTensors, steps: int = 2001,
                  progress: bool = True, lr: float = 0.01) -> nn.Module:
     """The reference's "overfit": every weight, Adam, L1 to the goal image inside the paste box.
 
@@ -234,7 +238,7 @@ def finetune_all(generator: Any, rw: Rewriter, request: EditRequest, rule: Any, 
     return model.eval()
 
 
-def _image_box(rule: Any, image_size: torch.Size, value_size: torch.Size) -> Tensor:
+def _image_box(rule: RuleTensors, image_size: torch.Size, value_size: torch.Size) -> Tensor:
     """The fit box scaled from the value grid to the image: ``[1, 1, H, W]`` of 0/1."""
     sy, sx = image_size[0] / value_size[0], image_size[1] / value_size[1]
     b = rule.fit_box
@@ -287,7 +291,8 @@ def save_picture(report: Report, strips: dict[str, Tensor], path: Any) -> Any:
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def render_strips(generator: Any, edit: Edit, models: dict[str, nn.Module], seeds: list[int]) -> dict[str, Tensor]:
+def render_strips(generator: Generator, edit: Edit, models: dict[str, nn.Module], seeds: list[int]
+                  ) -> dict[str, Tensor]:
     """Images of a few seeds for each method, for the picture."""
     strips = {"before": generator.images(seeds), "rewrite": generator.images(seeds, edit)}
     strips.update({name: _render(generator, m, seeds) for name, m in models.items()})

@@ -30,7 +30,8 @@ def grid_image(rows: list[Tensor], labels: list[str] | None = None, zoom: int = 
         if labels:
             draw.text((4, y + h // 2 - 6), labels[r], fill=(0, 0, 0))
         for c, tile in enumerate(row):
-            canvas.paste(Image.fromarray(tile).resize((w, h), Image.NEAREST), (left + pad + c * (w + pad), y))
+            tile_image = Image.fromarray(tile).resize((w, h), Image.Resampling.NEAREST)
+            canvas.paste(tile_image, (left + pad + c * (w + pad), y))
     return canvas
 
 

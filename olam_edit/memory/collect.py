@@ -60,7 +60,8 @@ class _Collector:
     """Hooks on several handles that add their keys to SecondMoments and stop the forward early."""
 
     def __init__(self, handles: list[LayerHandle], moments: dict[str, SecondMoment]) -> None:
-        self.handles, self.moments, self.seen = handles, moments, set()
+        self.handles, self.moments = handles, moments
+        self.seen: set[str] = set()
 
     def _hook_for(self, h: LayerHandle) -> Callable[[torch.Tensor], None]:
         def on_keys(x: torch.Tensor) -> None:

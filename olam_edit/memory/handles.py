@@ -5,24 +5,43 @@ layer's own linear output there, before bias, normalisation and activation. Ever
 W1 = W0 + Lambda D, with D [r, in] acting on the input-channel axis only and shared by all kernel
 taps. Lambda's layout depends on the layer (see :mod:`olam_edit.memory.layout`).
 
-Built-in handles cover ``nn.Linear``, ``nn.Conv2d`` and ``nn.ConvTranspose2d``. A custom layer
-(StyleGAN2's modulated conv, say) becomes editable by defining ``olam_handle(self, name) ->
-LayerHandle``; :func:`get_handle` finds it.
+Built-in handles cover ``nn.Linear``, ``nn.Conv2d`` and ``nn.ConvTranspose2d``. Two extension points
+make any other layer editable:
+
+* a module that follows :class:`EditableModule` (it defines ``olam_handle(self, name) ->
+  LayerHandle``, the attribute named by :data:`HANDLE_HOOK`) is its own layer: :func:`get_handle`
+  asks it for its handle before looking at its type;
+* a :class:`LayerHandle` subclass states the layer's keys, values and weight units. Its optional
+  hooks have defaults that are right for a layer whose value is linear in the weight (see
+  "Nonlinear layers" on the class); a layer that is not (StyleGAN2's demodulated conv) overrides them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from olam_edit.errors import LayerNotFoundError, UnsupportedLayerError, explain
 from olam_edit.memory import layout as L
+
+HANDLE_HOOK = "olam_handle"  # the method a module defines to be its own editable layer
+
+
+@runtime_checkable
+class EditableModule(Protocol):
+    """A module that is its own editable layer: ``olam_handle(name)`` returns its :class:`LayerHandle`.
+
+    :func:`handle_for` asks such a module first, whatever its type (StyleGAN2's ``ModulatedConv``
+    does this). ``name`` is the module's path in the model.
+    """
+
+    def olam_handle(self, name: str) -> LayerHandle: ...
 
 
 class LayerHandle:
@@ -31,11 +50,20 @@ class LayerHandle:
     Subclasses set ``layout`` (one of ``layout.LAYOUTS``) and implement :meth:`linear_op`.
     ``effective_weight`` is the weight in the units ``linear_op`` uses; edits are stored in those
     units. ``param_name`` is the attribute of ``module`` that holds the stored weight.
+
+    Nonlinear layers: the solver (:mod:`olam_edit.memory.solve`) calls :meth:`freeze`,
+    :meth:`output_scale` and :meth:`unscaled_delta_response` on every handle. Their defaults say
+    "the value is linear in the weight, with no per-output-channel factor", which is exact for the
+    built-in handles. A layer whose value is not linear in the weight sets ``linear_in_weight =
+    False`` and overrides :meth:`freeze` (hold the nonlinearity fixed so the map becomes linear); the
+    solver then refines to a fixed point. If the held map scales each output channel by its own
+    factor, the layer also overrides :meth:`output_scale` and :meth:`unscaled_delta_response`.
     """
 
     layout: str = ""
     kind: str = ""
     param_name: str = "weight"
+    linear_in_weight: ClassVar[bool] = True  # False: linear_op is linear in w only while frozen
 
     def __init__(self, name: str, module: nn.Module) -> None:
         self.name = name
@@ -54,12 +82,6 @@ class LayerHandle:
     def stored_from_effective(self, w_eff: Tensor) -> Tensor:
         """Convert an effective weight back to stored units (inverse of :meth:`effective_weight`)."""
         return w_eff
-
-    def write_effective_weight(self, w_eff: Tensor) -> None:
-        """Overwrite the stored weight in place from an effective weight (dtype follows the param)."""
-        p = self.parameter
-        with torch.no_grad():
-            p.copy_(self.stored_from_effective(w_eff).to(dtype=p.dtype, device=p.device).reshape(p.shape))
 
     @property
     def key_dim(self) -> int:
@@ -99,6 +121,40 @@ class LayerHandle:
     def delta_response(self, x: Tensor, lam: Tensor, D: Tensor) -> Tensor:
         """Change of the value map caused by dW = dense(lam, D): ``op(D x, lam)``, linear in lam."""
         return self.linear_op(self.project_input(x, D), lam)
+
+    # -- optional hooks for nonlinear layers (defaults: linear in the weight, no output factor) ---
+    def freeze(self, w_eff: Tensor | None) -> None:
+        """Hold the layer's nonlinearity at effective weight ``w_eff`` (None: release it).
+
+        While frozen, :meth:`linear_op` and :meth:`delta_response` must be linear in the weight.
+        Default: nothing to hold (the built-in layers are linear already).
+        """
+
+    @contextlib.contextmanager
+    def frozen(self, w_eff: Tensor) -> Iterator[LayerHandle]:
+        """``with handle.frozen(w):`` :meth:`freeze` at ``w`` for the block, released on exit (even on error).
+
+        Not re-entrant: leaving the block releases the handle, whatever was frozen inside it.
+        """
+        self.freeze(w_eff)
+        try:
+            yield self
+        finally:
+            self.freeze(None)
+
+    def output_scale(self, x: Tensor) -> Tensor | None:
+        """``[B, out]``: a per-sample, per-output-channel factor of the (frozen) linear map, or None.
+
+        A handle that returns a factor keeps ``delta_response(x, lam, D) == output_scale(x)[:, :,
+        None, None] * unscaled_delta_response(x, lam, D)``; the solver then weights each output
+        channel by its own factor. Default: None (no factor).
+        """
+        return None
+
+    def unscaled_delta_response(self, x: Tensor, lam: Tensor, D: Tensor) -> Tensor:
+        """:meth:`delta_response` without :meth:`output_scale`'s factor (linear in lam for any number of
+        output channels). Default: :meth:`delta_response` itself (there is no factor)."""
+        return self.delta_response(x, lam, D)
 
     def dense(self, lam: Tensor, D: Tensor) -> Tensor:
         """dW in effective units for factors (lam, D)."""
@@ -140,6 +196,8 @@ class Conv2dHandle(LayerHandle):
     layout = L.CONV2D
     kind = "conv2d"
 
+    module: nn.Conv2d
+
     @property
     def value_ratio(self) -> float:
         return 1.0 / float(self.module.stride[0])
@@ -153,13 +211,16 @@ class ConvTranspose2dHandle(LayerHandle):
     layout = L.CONV_TRANSPOSE2D
     kind = "conv_transpose2d"
 
+    module: nn.ConvTranspose2d
+
     @property
     def value_ratio(self) -> float:
         return float(self.module.stride[0])
 
     def linear_op(self, x: Tensor, w: Tensor) -> Tensor:
         m = self.module
-        return F.conv_transpose2d(x, w, None, m.stride, m.padding, m.output_padding, 1, m.dilation)
+        padding = cast(tuple[int, ...], m.padding)  # a transposed conv's padding is never a string
+        return F.conv_transpose2d(x, w, None, m.stride, padding, m.output_padding, 1, m.dilation)  # [B, out, H', W']
 
 
 class _InputCapture:
@@ -178,7 +239,7 @@ class _InputCapture:
         self._hook.remove()
 
 
-def _check_conv(name: str, m: nn.Module) -> None:
+def _check_conv(name: str, m: nn.Conv2d | nn.ConvTranspose2d) -> None:
     problems = []
     if m.groups != 1:
         problems.append(f"groups={m.groups}")
@@ -199,7 +260,7 @@ def _check_conv(name: str, m: nn.Module) -> None:
 
 def handle_for(name: str, module: nn.Module) -> LayerHandle:
     """The handle of ``module`` or :class:`UnsupportedLayerError` saying why it has none."""
-    if hasattr(module, "olam_handle"):
+    if isinstance(module, EditableModule):
         return module.olam_handle(name)
     if isinstance(module, nn.Linear):
         return LinearHandle(name, module)
@@ -212,7 +273,7 @@ def handle_for(name: str, module: nn.Module) -> LayerHandle:
     raise UnsupportedLayerError(
         explain(
             f"layer {name!r} is a {type(module).__name__}, which has no editable weight",
-            expected="nn.Linear, nn.Conv2d, nn.ConvTranspose2d or a module with olam_handle()",
+            expected=f"nn.Linear, nn.Conv2d, nn.ConvTranspose2d or a module with {HANDLE_HOOK}() (EditableModule)",
             fix="Pick another layer (olam_edit.list_layers(model) lists the editable ones).",
         )
     )
@@ -220,7 +281,7 @@ def handle_for(name: str, module: nn.Module) -> LayerHandle:
 
 def is_editable(module: nn.Module) -> bool:
     """Whether ``module`` has a handle (supported kind and settings)."""
-    if not (hasattr(module, "olam_handle") or isinstance(module, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)):
+    if not isinstance(module, EditableModule | nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
         return False
     try:
         handle_for("", module)

@@ -10,11 +10,13 @@ same for every output channel, so one least-squares system with J unknowns and `
 right-hand sides solves it (the penalty enters as extra rows, so the normal equations' squared
 condition number is never formed). For a
 conv, E_k ||dW k||^2 = sum over taps of lam_t^T (D C D^T) lam_t, so the penalty is kron(D C D^T, I).
-Handles whose output is not linear in W (StyleGAN2 demodulation) expose ``freeze(w_eff)``; then
-the solve is repeated with the nonlinearity frozen at the current weight until the residual stops
-falling (fixed-point refinement). A frozen nonlinearity that scales each output channel by its own
-factor (the demodulation) is exposed by ``output_scale``; the solve then weights each output
-channel's rows by it (one batched least squares instead of one shared one).
+Handles whose output is not linear in W (StyleGAN2 demodulation) say so with ``linear_in_weight =
+False`` and implement ``LayerHandle.freeze(w_eff)``; then the solve is repeated with the
+nonlinearity frozen at the current weight until the residual stops falling (fixed-point
+refinement). A frozen nonlinearity that scales each output channel by its own factor (the
+demodulation) is ``LayerHandle.output_scale``; the solve then weights each output channel's rows
+by it (one batched least squares instead of one shared one). The hooks' defaults (no-op freeze, no
+factor) are exact for linear layers, so the solver calls them on every handle.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Problem:
     x: Tensor  # key map, e.g. [B, in, h, w] or [n, in]
     v_star: Tensor  # target value map, same shape as handle.linear_op(x, W)
     mask: Tensor | None = None  # [same as v_star without the channel axis] fit weights, default 1
-    w0: Tensor = field(default=None)  # effective base weight (float64); default: the handle's
+    w0: Tensor = field(default=None)  # type: ignore[assignment]  # effective base weight (float64); default: the handle's
 
     def __post_init__(self) -> None:
         self.x = self.x.to(torch.float64)
@@ -71,24 +73,24 @@ def _channel_last(layout: str, v: Tensor) -> Tensor:
 def basis_responses(handle: LayerHandle, x: Tensor, D: Tensor, kernel: tuple[int, ...]) -> Tensor:
     """``[P, J]``: the value-map change of each unit coefficient (shared by all output channels).
 
-    For a handle with an output scale (see :func:`output_scale`) these are the unscaled responses.
+    For a handle with an output scale (see :func:`output_scale`) these are the unscaled responses
+    (``LayerHandle.unscaled_delta_response``, which is ``delta_response`` when there is no scale).
     """
     r = D.shape[0]
     J = r * (1 if handle.layout == L.LINEAR else int(torch.tensor(kernel).prod()))
     eye = torch.eye(J, dtype=torch.float64, device=x.device)  # [J, J] one "output channel" per coef
     lam_basis = L.lam_from_coefs(handle.layout, eye, r, kernel)
-    respond = getattr(handle, "unscaled_delta_response", handle.delta_response)
-    return _channel_last(handle.layout, respond(x, lam_basis, D))
+    return _channel_last(handle.layout, handle.unscaled_delta_response(x, lam_basis, D))
 
 
 def output_scale(handle: LayerHandle, x: Tensor, n_pos: int) -> Tensor | None:
     """``[P, out]`` per-position, per-output-channel factor of a handle's (frozen) linear map, or None.
 
-    A handle may define ``output_scale(x) -> [B, out] | None`` and ``unscaled_delta_response``
-    with ``delta_response == output_scale[:, :, None, None] * unscaled_delta_response`` (StyleGAN2:
-    the demodulation held fixed). The factor is broadcast over the positions of each sample.
+    ``LayerHandle.output_scale(x) -> [B, out] | None`` (default None) with ``delta_response ==
+    output_scale[:, :, None, None] * unscaled_delta_response`` (StyleGAN2: the demodulation held
+    fixed). The factor is broadcast over the positions of each sample.
     """
-    scale = handle.output_scale(x) if hasattr(handle, "output_scale") else None
+    scale = handle.output_scale(x)
     if scale is None:
         return None
     scale = scale.to(torch.float64)  # [B, out]
@@ -186,8 +188,7 @@ class SolveReport:
 def _residual(problem: Problem, lam: Tensor | None, D: Tensor) -> float:
     h = problem.handle
     w = problem.w0 if lam is None else problem.w0 + h.dense(lam, D.to(torch.float64))
-    if hasattr(h, "freeze"):
-        h.freeze(w)
+    h.freeze(w)  # a no-op for a handle that is linear in the weight
     r = problem.v_star - h.linear_op(problem.x, w)
     m = problem.flat_mask(_channel_last(h.layout, r).shape[0])
     return float((_channel_last(h.layout, r).square().sum(1) * m).sum().sqrt())
@@ -200,16 +201,13 @@ def rewrite_layer(problem: Problem, D: Tensor, C: Tensor, smoothness: float = DE
     Returns the Delta (float32 factors, effective units) and a :class:`SolveReport`.
     """
     h, D64 = problem.handle, D.to(torch.float64)
-    try:
+    with h.frozen(problem.w0):  # each _residual re-freezes at its weight; released on exit
         before = _residual(problem, None, D64)
-        lam, best, steps = solve_lambda(problem, D64, C, smoothness), None, 1
-        if hasattr(h, "freeze"):
+        lam, steps = solve_lambda(problem, D64, C, smoothness), 1
+        if not h.linear_in_weight:
             lam, steps = _refine(problem, D64, C, smoothness, lam, refine_iters)
         best = _residual(problem, lam, D64)  # freezes a nonlinear handle at the final weight
         obj = objective(problem, lam, D64, C, smoothness)  # so this is the true objective there
-    finally:
-        if hasattr(h, "freeze"):
-            h.freeze(None)
     delta = Delta(lam.to(torch.float32), D64.to(torch.float32), h.layout)
     report = SolveReport(delta.relative_norm(problem.w0), obj, before, best, steps)
     return delta, report
