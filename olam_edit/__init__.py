@@ -1,7 +1,8 @@
 """olam-edit: rewrite one rule inside a pretrained generative model (Bau et al., ECCV 2020).
 
 The core is framework-agnostic: it imports torch, numpy, safetensors and huggingface_hub only.
-Model families live in :mod:`olam_edit.adapters`.
+Model families live in :mod:`olam_edit.adapters`. The names below are the public API; each lives in
+the folder of its concern (memory, edit, rules, hub) and is re-exported here.
 """
 
 from olam_edit._version import __version__
@@ -13,13 +14,18 @@ from olam_edit.memory.directions import context_directions, single_key_direction
 from olam_edit.memory.handles import LayerHandle, get_handle, list_layers
 from olam_edit.memory.solve import Problem, SolveReport, erase_delta, rewrite_layer, solve_lambda
 from olam_edit.memory.stats import SecondMoment
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
 
 __all__ = [
     "Delta",
     "Edit",
+    "EditRequest",
     "LayerHandle",
     "Problem",
+    "Rewriter",
     "SecondMoment",
+    "Selection",
     "SolveReport",
     "__version__",
     "apply_edit",

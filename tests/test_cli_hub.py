@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from hub_server import FakeHub
-from olam_edit.adapters import load_default
 from test_hub import png_bytes, same, state, tiny_gen
 
 import olam_edit as oe
+from olam_edit.adapters import load_default
 from olam_edit.cli import main
 from olam_edit.edit.publish import pull_edit
 from olam_edit.hub.stats import stats_path_in_repo

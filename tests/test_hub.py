@@ -17,10 +17,10 @@ import torch
 import yaml
 from hub_server import FakeHub, HfSandbox
 from huggingface_hub import ModelCard
-from olam_edit.adapters import TorchGenerator
 from tiny_models import tiny_dcgan
 
 import olam_edit as oe
+from olam_edit.adapters import TorchGenerator
 from olam_edit.edit.apply import applied_edits
 from olam_edit.edit.card import FACE_MODEL, build_model_card
 from olam_edit.edit.publish import pull_edit, stage_edit

@@ -1,4 +1,5 @@
-"""The Gradio Space (spaces_app/app.py), served on 127.0.0.1 and driven through gradio_client.
+"""The Gradio Space (spaces_app/, imported as olam_edit.spaces_app), served on 127.0.0.1 and driven
+through gradio_client.
 
 Masks are sent as gr.ImageEditor sends them: the sample as background, the strokes as an RGBA layer
 PNG (transparent elsewhere) and the composite. Every image the Space shows is checked against the
@@ -38,9 +39,10 @@ ZOOM = 4  # 64 px samples are shown at 256 px
 
 
 def load_app():
+    """The Space's app module, as ``olam-edit demo`` finds it (olam_edit.spaces_app.app)."""
     from olam_edit.cli.demo import load_space_app
 
-    return load_space_app(APP_PATH)
+    return load_space_app()
 
 
 def free_port() -> int:
@@ -215,6 +217,22 @@ def test_full_rewrite_strength_undo_download_upload(space: Space, tmp_path: Path
     assert np.array_equal(gallery_pixels(uploaded), space.reference_images(downloaded, seeds))
 
 
+def test_a_download_at_a_strength_says_so_in_its_manifest(space: Space, tmp_path: Path) -> None:
+    """The Space saves what it shows: the edit at the session's strength, its relative norm scaled too."""
+    c = space.client()
+    request = state_rule(c, RULE_A, tmp_path)
+    ok(rewrite(c, strength=0.5)[-1])
+    shown, status = c.predict(api_name="/download")
+    ok(status)
+    with zipfile.ZipFile(shown["value"]) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    saved = Edit.load(tmp_path / "unzipped" / "edit")
+    full = space.reference_edit(request)
+    assert saved.deltas[LAYER].scale == 0.5
+    assert saved.manifest["metrics"]["relative_norm"] == pytest.approx(0.5 * full.manifest["metrics"]["relative_norm"])
+    assert full.scaled(1.0).manifest == full.manifest
+
+
 SOLVER_B = {"smoothness": 0.3, "ridge": 0.1}  # client B also uses other solver settings
 
 
@@ -276,6 +294,7 @@ def test_a_hub_generator_named_in_the_ui(space: Space, tmp_path: Path, hf_sandbo
     import huggingface_hub.constants
     from hub_server import FakeHub
     from huggingface_hub import HfApi
+
     from olam_edit.adapters.stylegan2.config import StyleGAN2Config
     from olam_edit.adapters.stylegan2.files import save_stylegan2
     from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
@@ -411,21 +430,51 @@ def test_publish_uses_the_users_login_never_the_spaces_token(space: Space, tmp_p
 
 # ------------------------------------------------------------------------------------ the commands
 def test_pure_helpers() -> None:
-    app = load_app()
+    from olam_edit.spaces_app import images, masks
+    from olam_edit.spaces_app.session import Session
+
     layer = stroke_layer((10, 20, 50, 40))
-    mask = app.editor_mask({"background": None, "layers": [layer], "composite": None})
+    mask = masks.editor_mask({"background": None, "layers": [layer], "composite": None})
     assert mask.shape == (256, 256) and mask.max() == 1.0 and mask[0, 0] == 0.0
     bg = np.zeros((256, 256, 3), np.uint8)
     comp = bg.copy()
     comp[30, 30] = 255
-    assert app.editor_mask({"background": bg, "layers": [], "composite": comp})[30, 30] == 1.0
-    session = app.Session()
+    assert masks.editor_mask({"background": bg, "layers": [], "composite": comp})[30, 30] == 1.0
+    session = Session()
     with pytest.raises(ValueError, match="no copy region"):
-        app.make_request(session, LAYER, 1)
+        masks.make_request(session, LAYER, 1)
     session.copy = session.paste = Selection(1, mask)
-    assert app.make_request(session, LAYER, 2).rank == 2
-    assert app.resize(np.zeros((64, 64, 3), np.uint8)).shape == (256, 256, 3)
-    assert app.heat_weight(np.array([0.0, 0.5, 0.75, 1.0, 2.0]), 0.5, 1.0).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert masks.make_request(session, LAYER, 2).rank == 2
+    assert images.resize(np.zeros((64, 64, 3), np.uint8)).shape == (256, 256, 3)
+    assert images.heat_weight(np.array([0.0, 0.5, 0.75, 1.0, 2.0]), 0.5, 1.0).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def test_a_guarded_handler_answers_by_output_name(caplog: pytest.LogCaptureFixture) -> None:
+    """Handlers return their outputs by name; the event gets them in its order, gr.skip() for the rest,
+    and an error changes the status line only (a bug also shows as one line, logged in full)."""
+    import gradio as gr
+
+    from olam_edit.errors import RequestError
+    from olam_edit.spaces_app.status import guarded
+
+    def handler(session: str, layer: str) -> dict:
+        if layer == "bad":
+            raise RequestError("no such layer")
+        if layer == "odd":
+            return {"stray": 1, "status": "never shown"}
+        return {"status": "✓ fine", "session": session}
+
+    run = guarded(handler, ("session", "gallery", "status"))
+    assert run("s", LAYER) == ("s", gr.skip(), "✓ fine")
+    with pytest.warns(UserWarning, match="no such layer"):  # gr.Warning outside a request
+        assert run("s", "bad") == (gr.skip(), gr.skip(), "⚠ no such layer")
+    with pytest.warns(UserWarning):
+        status = run("s", "odd")[-1]
+    refused(status, "something went wrong", "stray")
+    assert "Traceback" in caplog.text
+    assert guarded(handler, ("session", "status"))("s", LAYER) == ("s", "✓ fine")
+    with pytest.warns(UserWarning):
+        assert guarded(handler, ("status",))("s", "bad") == "⚠ no such layer"  # one output: the bare value
 
 
 def _listening_address(port: int) -> str | None:
@@ -498,6 +547,19 @@ def test_olam_edit_demo_launches_the_space_on_loopback(monkeypatch: pytest.Monke
     finally:
         for demo in started:
             demo.close()
+
+
+def test_an_app_py_named_by_the_variable_runs_the_installed_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OLAM_EDIT_SPACE_APP=spaces_app/app.py`` loads that file by path; it builds the same Space."""
+    import importlib
+
+    from olam_edit.cli.demo import MODULE_NAME, load_space_app
+
+    monkeypatch.setenv("OLAM_EDIT_SPACE_APP", str(APP_PATH))
+    by_path = load_space_app()
+    assert by_path.__name__ == MODULE_NAME and Path(by_path.__file__).resolve() == APP_PATH.resolve()
+    assert by_path.Studio is importlib.import_module("olam_edit.spaces_app.studio").Studio
+    assert load_space_app() is by_path  # loaded once
 
 
 def test_demo_command_fails_clearly_without_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -1,13 +1,16 @@
-"""``olam-edit demo``: run the Gradio Space (``spaces_app/app.py``) on this machine.
+"""``olam-edit demo``: run the Gradio Space on this machine.
 
-The Space lives in ``spaces_app/`` (its own folder, as a Space repo holds it), not in the package, so
-this command loads that file by path: from ``$OLAM_EDIT_SPACE_APP`` when set, else from the checkout
-this package is installed from (``pip install -e .``). Gradio is imported only when the command runs.
+The Space ships inside the package as ``olam_edit.spaces_app`` (the repository's ``spaces_app/``
+folder, which is also what a Space repo holds), so the command works after a plain
+``pip install "olam-edit[space]"`` from any folder. ``$OLAM_EDIT_SPACE_APP`` points it at another
+``app.py`` instead (a Space repo's copy being changed, say), loaded by path. Gradio and the Space are
+imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import sys
@@ -17,25 +20,31 @@ from types import ModuleType
 from olam_edit.cli.common import command
 from olam_edit.errors import OlamEditError, explain
 
-MODULE_NAME = "olam_edit_space_app"
+SPACE_MODULE = "olam_edit.spaces_app.app"  # the Space shipped in the package
+MODULE_NAME = "olam_edit_space_app"  # the name an app.py loaded by path gets
 
 
-def find_space_app() -> Path:
-    """The Space's ``app.py``: ``$OLAM_EDIT_SPACE_APP``, else ``spaces_app/app.py`` of this checkout."""
-    env = os.environ.get("OLAM_EDIT_SPACE_APP")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "spaces_app" / "app.py"
-    if not path.is_file():
-        raise OlamEditError(explain("cannot find the Space app", got=str(path),
-                                    fix="Run olam-edit demo from a checkout installed with `pip install -e "
-                                        "\".[space]\"`, or set OLAM_EDIT_SPACE_APP to spaces_app/app.py."))
-    return path
-
-
-def load_space_app(path: Path | None = None) -> ModuleType:
-    """Import the Space's ``app.py`` as a module (it launches nothing on import)."""
+def load_space_app(path: str | Path | None = None) -> ModuleType:
+    """The Space's app module (it launches nothing on import): the file ``path``, else the file
+    ``$OLAM_EDIT_SPACE_APP``, else the Space shipped in the package."""
     if importlib.util.find_spec("gradio") is None:
         raise OlamEditError(explain("olam-edit demo needs Gradio", fix="pip install \"olam-edit[space]\""))
-    path = Path(path or find_space_app()).resolve()
+    path = path or os.environ.get("OLAM_EDIT_SPACE_APP")
+    if path:
+        return _load_file(Path(path))
+    if importlib.util.find_spec("olam_edit.spaces_app") is None:
+        raise OlamEditError(explain("this olam-edit installation has no Space (olam_edit.spaces_app)",
+                                    fix="Reinstall it: pip install --force-reinstall \"olam-edit[space]\"."))
+    return importlib.import_module(SPACE_MODULE)
+
+
+def _load_file(path: Path) -> ModuleType:
+    """Import the ``app.py`` at ``path`` as the module :data:`MODULE_NAME` (once per file)."""
+    if not path.is_file():
+        raise OlamEditError(explain("cannot find the Space app", got=str(path),
+                                    fix="Point OLAM_EDIT_SPACE_APP at a Space's app.py, or unset it to run the "
+                                        "Space installed with olam-edit."))
+    path = path.resolve()
     loaded = sys.modules.get(MODULE_NAME)
     if loaded is not None and Path(loaded.__file__).resolve() == path:
         return loaded

@@ -136,10 +136,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows.sort(key=lambda r: -r.get("ratio", -1.0))
     _print_sweep(rows)
     out = Path(args.out)
-    from olam_edit.files.atomic import atomic_write_bytes
+    from olam_edit.files.atomic import atomic_write, atomic_write_bytes
 
     atomic_write_bytes(out / "sweep.json", (json.dumps(rows, indent=1) + "\n").encode())
-    sweep_chart(rows).save(out / "sweep.png")
+    atomic_write(out / "sweep.png", lambda tmp: sweep_chart(rows).save(tmp, format="PNG"))
     print(f"wrote {out / 'sweep.json'}, {out / 'sweep.png'}")
     if args.json:
         print(json.dumps(rows))

@@ -31,7 +31,8 @@ def _is_stats_file(path: Path) -> bool:
 
 @command("push", "publish an edit folder (or a statistics file) to the Hugging Face Hub")
 def cmd_push(args: argparse.Namespace) -> int:
-    from olam_edit.edit.publish import PICTURE_NAME, load_verified, push_edit
+    from olam_edit.edit.core import Edit
+    from olam_edit.edit.publish import PICTURE_NAME, push_edit
     from olam_edit.hub.stats import push_stats
     from olam_edit.memory.stats import SecondMoment
 
@@ -42,7 +43,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     if _is_stats_file(path):
         url = push_stats(SecondMoment.load(path), args.repo_id, **options)
     else:
-        edit = load_verified(path)  # a damaged folder is never published
+        edit = Edit.load_verified(path)  # a damaged folder is never published
         image = args.image or next((p for p in (path / PICTURE_NAME, path.parent / PICTURE_NAME) if p.is_file()),
                                    None)
         if image is not None:

@@ -13,16 +13,18 @@ import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from olam_edit.edit.core import Edit
 from olam_edit.errors import BaseMismatchError, EditStateError, NonFiniteError, ShapeMismatchError, explain
 from olam_edit.files.fingerprint import tensor_fingerprint
 from olam_edit.memory.handles import LayerHandle, get_handle
+
+if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
+    from olam_edit.edit.core import Edit
 
 
 @dataclass

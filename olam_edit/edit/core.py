@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,11 +9,11 @@ from typing import Any
 from torch import nn
 
 from olam_edit._version import __version__
+from olam_edit.edit import apply, files, lora, publish
+from olam_edit.edit.files import SCHEMA_VERSION, content_fingerprint
 from olam_edit.files.fingerprint import tensor_fingerprint
 from olam_edit.memory.delta import Delta
 from olam_edit.memory.handles import get_handle
-
-SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -51,44 +50,45 @@ class Edit:
     @property
     def fingerprint(self) -> str:
         """sha256 over the layer names and factor bytes (identifies the edit's content)."""
-        h = hashlib.sha256()
-        for name in sorted(self.deltas):
-            d = self.deltas[name]
-            h.update(f"{name}|{d.layout}|{d.scale}|".encode())
-            h.update(tensor_fingerprint(d.lam).encode() + tensor_fingerprint(d.directions).encode())
-        return h.hexdigest()
+        return content_fingerprint(self.deltas)
 
     def scaled(self, scale: float) -> Edit:
-        """The same edit with every delta multiplied by ``scale``."""
-        return Edit({n: d.scaled(scale) for n, d in self.deltas.items()}, dict(self.manifest))
+        """The same edit with every delta multiplied by ``scale``, its manifest saying so: the ``rule``
+        gains "(strength s)" and ``metrics.relative_norm`` (‖ΔW‖/‖W‖) is multiplied by |s|, so a saved,
+        published or carded copy describes what it holds. ``scale`` 1 keeps the manifest as it is."""
+        manifest = dict(self.manifest)  # nested parts are replaced below, never mutated
+        if scale != 1.0:
+            metrics = manifest.get("metrics")
+            if isinstance(metrics, dict) and isinstance(metrics.get("relative_norm"), float):
+                manifest["metrics"] = {**metrics, "relative_norm": metrics["relative_norm"] * abs(scale)}
+            if manifest.get("rule"):
+                manifest["rule"] = f"{manifest['rule']} (strength {scale:g})"
+        return Edit({n: d.scaled(scale) for n, d in self.deltas.items()}, manifest)
 
     # -- model ----------------------------------------------------------------------------------
     def apply(self, model: Any, *, scale: float = 1.0, force: bool = False) -> Any:
         """Apply to ``model`` in place (see :func:`olam_edit.apply_edit`); returns the model."""
-        from olam_edit.edit.apply import apply_edit
-
-        apply_edit(model, self, scale=scale, force=force)
+        apply.apply_edit(model, self, scale=scale, force=force)
         return model
 
     def revert(self, model: Any) -> Any:
-        from olam_edit.edit.apply import revert_edit
-
-        revert_edit(model, self)
+        apply.revert_edit(model, self)
         return model
 
     # -- files ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``edit.safetensors`` and ``edit_config.json`` into ``directory`` (atomically)."""
-        from olam_edit.edit.files import save_edit
-
-        return save_edit(self, directory)
+        return files.save_edit(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> Edit:
         """Read and validate an edit folder written by :meth:`save`."""
-        from olam_edit.edit.files import load_edit
+        return cls(*files.read_edit(directory))
 
-        return load_edit(directory)
+    @classmethod
+    def load_verified(cls, directory: str | Path) -> Edit:
+        """:meth:`load` after checking ``checksums.json`` (when present) and the two manifests' agreement."""
+        return cls(*publish.verified_parts(directory))
 
     # -- Hub ------------------------------------------------------------------------------------
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | bool | None = None,
@@ -96,9 +96,7 @@ class Edit:
                     endpoint: str | None = None, image: str | Path | bytes | None = None) -> str:
         """Publish this edit as ``repo_id`` in one commit (files, checksums, model card, optional
         before/after PNG ``image``); returns the commit URL. See :func:`olam_edit.edit.publish.push_edit`."""
-        from olam_edit.edit.publish import push_edit
-
-        return push_edit(self, repo_id, private=private, token=token, revision=revision, create_pr=create_pr,
+        return publish.push_edit(self, repo_id, private=private, token=token, revision=revision, create_pr=create_pr,
                          commit_message=commit_message, endpoint=endpoint, image=image)
 
     @classmethod
@@ -108,17 +106,16 @@ class Edit:
                         force_download: bool = False, model: Any = None, scale: float = 1.0,
                         force: bool = False) -> Edit:
         """An edit from a local folder or a Hub repo (standard cache, ``HF_HUB_OFFLINE`` honoured),
-        verified against its checksums and manifest (see :func:`olam_edit.edit.publish.fetch_edit`). A local
+        verified against its checksums and manifest (see :func:`olam_edit.edit.publish.fetch_verified`). A local
         folder of that name takes precedence over a Hub repo.
 
         With ``model``, the edit is also applied to it (times ``scale``); a model whose edited layers
         differ from the base the edit was made for is refused with BaseMismatchError unless ``force``,
         and is left untouched.
         """
-        from olam_edit.edit.publish import fetch_edit
-
-        edit = fetch_edit(repo_id_or_dir, revision, endpoint=endpoint, token=token, cache_dir=cache_dir,
-                         local_files_only=local_files_only, force_download=force_download)
+        edit = cls(*publish.fetch_verified(repo_id_or_dir, revision, endpoint=endpoint, token=token,
+                                           cache_dir=cache_dir, local_files_only=local_files_only,
+                                           force_download=force_download))
         if model is not None:
             edit.apply(model, scale=scale, force=force)
         return edit
@@ -129,6 +126,4 @@ class Edit:
 
     def to_lora(self, directory: str | Path, format: str = "peft", **kwargs: Any) -> Path:
         """Write this edit as a LoRA that stock PEFT / diffusers load (see :func:`olam_edit.edit.lora.to_lora`)."""
-        from olam_edit.edit.lora import to_lora
-
-        return to_lora(self, directory, format, **kwargs)
+        return lora.to_lora(self, directory, format, **kwargs)

@@ -9,16 +9,16 @@ dropped with a warning naming them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from olam_edit.edit.core import SCHEMA_VERSION, Edit
 from olam_edit.errors import (
     DTypeMismatchError,
     EditFileError,
@@ -28,8 +28,24 @@ from olam_edit.errors import (
     explain,
 )
 from olam_edit.files.atomic import atomic_save_safetensors, atomic_write_bytes
+from olam_edit.files.fingerprint import tensor_fingerprint
 from olam_edit.memory import layout as L
 from olam_edit.memory.delta import Delta
+
+if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
+    from olam_edit.edit.core import Edit
+
+SCHEMA_VERSION = 1  # of the manifest; files from a newer schema load with a warning
+
+
+def content_fingerprint(deltas: dict[str, Delta]) -> str:
+    """sha256 over the layer names, layouts, scales and factor bytes: identifies an edit's content."""
+    h = hashlib.sha256()
+    for name in sorted(deltas):
+        d = deltas[name]
+        h.update(f"{name}|{d.layout}|{d.scale}|".encode())
+        h.update(tensor_fingerprint(d.lam).encode() + tensor_fingerprint(d.directions).encode())
+    return h.hexdigest()
 
 WEIGHTS_NAME = "edit.safetensors"
 CONFIG_NAME = "edit_config.json"
@@ -122,8 +138,9 @@ def _delta(name: str, info: dict[str, Any], lam: Tensor, D: Tensor) -> Delta:
     return Delta(lam, D, layout, float(info.get("scale", 1.0)))
 
 
-def load_edit(directory: str | Path) -> Edit:
-    """Read an edit folder, validating names, dtypes, shapes, finiteness and schema."""
+def read_edit(directory: str | Path) -> tuple[dict[str, Delta], dict[str, Any]]:
+    """The deltas and manifest of an edit folder, after validating names, dtypes, shapes, finiteness
+    and schema (``Edit.load`` builds the edit from them)."""
     folder = Path(directory)
     raw, tensors = _read(folder / WEIGHTS_NAME)
     manifest = _check_manifest(raw)
@@ -131,7 +148,7 @@ def load_edit(directory: str | Path) -> Edit:
     deltas = {n: _delta(n, info, tensors[f"{n}.lambda"], tensors[f"{n}.directions"])
               for n, info in manifest["layers"].items()}
     _check_config(folder / CONFIG_NAME, raw)
-    return Edit(deltas, manifest)
+    return deltas, manifest
 
 
 def _check_config(path: Path, manifest: dict[str, Any]) -> None:

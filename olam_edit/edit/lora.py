@@ -20,16 +20,18 @@ import collections
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from olam_edit.edit.core import Edit
 from olam_edit.errors import LoraExportError, explain
 from olam_edit.files.atomic import atomic_save_safetensors, atomic_write_bytes
 from olam_edit.memory import layout as L
 from olam_edit.memory.delta import Delta
+
+if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
+    from olam_edit.edit.core import Edit
 
 FORMATS = ("peft", "diffusers")
 PEFT_WEIGHTS = "adapter_model.safetensors"

@@ -9,12 +9,11 @@ import tempfile
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import safe_open
 
-from olam_edit.edit.core import Edit
-from olam_edit.edit.files import CONFIG_NAME, METADATA_KEY, WEIGHTS_NAME
+from olam_edit.edit.files import CONFIG_NAME, METADATA_KEY, WEIGHTS_NAME, content_fingerprint, read_edit
 from olam_edit.errors import (
     ChecksumMismatchError,
     EditFileError,
@@ -23,9 +22,13 @@ from olam_edit.errors import (
     RequestError,
     explain,
 )
-from olam_edit.files.atomic import atomic_write_bytes
+from olam_edit.files.atomic import atomic_copy, atomic_write_bytes, make_staging_dir
 from olam_edit.hub.errors import hub_errors
 from olam_edit.hub.repo import _prepare_repo, check_repo_id, looks_like_repo_id, sha256_file, write_token
+from olam_edit.memory.delta import Delta
+
+if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
+    from olam_edit.edit.core import Edit
 
 CHECKSUMS_NAME = "checksums.json"
 
@@ -115,17 +118,20 @@ def _manifests_agree(folder: Path) -> None:
                                                 "again."))
 
 
-def load_verified(folder: str | Path) -> Edit:
-    """Load an edit folder after checking ``checksums.json`` (when present) and the manifests' agreement."""
+def verified_parts(folder: str | Path) -> tuple[dict[str, Delta], dict[str, Any]]:
+    """The deltas and manifest of an edit folder after checking ``checksums.json`` (when present), the
+    two manifests' agreement, every check of :func:`~olam_edit.edit.files.read_edit`, and the published
+    content fingerprint. ``Edit.load_verified`` builds the edit from them."""
     folder = Path(folder)
     record = verify_checksums(folder)
     _manifests_agree(folder)
-    edit = Edit.load(folder)
+    deltas, manifest = read_edit(folder)
     expected = (record or {}).get("edit_fingerprint")
-    if expected is not None and expected != edit.fingerprint:
+    got = content_fingerprint(deltas)
+    if expected is not None and expected != got:
         raise ChecksumMismatchError(explain("the loaded edit is not the one that was published",
-                                            got=edit.fingerprint[:16], expected=expected[:16]))
-    return edit
+                                            got=got[:16], expected=expected[:16]))
+    return deltas, manifest
 
 
 def read_picture(image: str | Path | bytes | None) -> bytes | None:
@@ -219,19 +225,20 @@ def _resolve_local(spec: str | Path) -> Path | None:
     return None
 
 
-def fetch_edit(repo_id_or_dir: str | Path, revision: str | None = None, *, endpoint: str | None = None,
-              token: str | bool | None = None, cache_dir: str | Path | None = None, local_files_only: bool = False,
-              force_download: bool = False) -> Edit:
-    """An edit from a local folder (which takes precedence) or a Hub repo, verified before it is returned.
+def fetch_verified(repo_id_or_dir: str | Path, revision: str | None = None, *, endpoint: str | None = None,
+                   token: str | bool | None = None, cache_dir: str | Path | None = None,
+                   local_files_only: bool = False, force_download: bool = False
+                   ) -> tuple[dict[str, Delta], dict[str, Any]]:
+    """An edit's parts from a local folder (which takes precedence) or a Hub repo, verified first.
 
     A Hub repo is downloaded through the standard cache (``snapshot_download``; ``HF_HUB_OFFLINE``
     and ``local_files_only`` serve it from the cache). The files must match ``checksums.json``,
     ``edit_config.json`` must match the manifest inside ``edit.safetensors``, and the tensors must
-    validate (:func:`olam_edit.edit.files.load_edit`). A corrupted download raises and returns nothing.
+    validate (:func:`olam_edit.edit.files.read_edit`). A corrupted download raises and returns nothing.
     """
     local = _resolve_local(repo_id_or_dir)
     if local is not None:
-        return load_verified(local)
+        return verified_parts(local)
     spec = str(repo_id_or_dir)
     if not looks_like_repo_id(spec):
         raise EditFileError(explain(f"no edit folder {spec!r}", expected="an existing folder or a Hub repo id "
@@ -241,7 +248,7 @@ def fetch_edit(repo_id_or_dir: str | Path, revision: str | None = None, *, endpo
                            local_files_only=local_files_only, force_download=force_download)
     except HubNotFoundError as e:
         raise HubNotFoundError(f"{e} (and there is no local folder {spec!r})") from e
-    return load_verified(folder)
+    return verified_parts(folder)
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -272,7 +279,7 @@ def pull_edit(repo_id: str, out_dir: str | Path, *, revision: str | None = None,
               force_download: bool = False, overwrite: bool = False) -> Path:
     """Download the edit ``repo_id`` into the folder ``out_dir`` (its files, checksums, card and picture).
 
-    The files are verified first (as in :func:`fetch_edit`), copied to a temporary sibling folder and
+    The files are verified first (as in :func:`fetch_verified`), copied to a temporary sibling folder and
     renamed into place: ``out_dir`` appears complete or not at all. An existing non-empty ``out_dir``
     is refused unless ``overwrite``.
     """
@@ -281,13 +288,12 @@ def pull_edit(repo_id: str, out_dir: str | Path, *, revision: str | None = None,
     _check_output(out, overwrite)
     folder = _snapshot(repo_id, PULLED_FILES, revision=revision, endpoint=endpoint, token=token,
                        cache_dir=cache_dir, local_files_only=local_files_only, force_download=force_download)
-    load_verified(folder)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    verified_parts(folder)
+    staged = make_staging_dir(out.parent, out.name)  # the umask's folder mode, not mkdtemp's 0700
     try:
         for name in PULLED_FILES:
             if (folder / name).is_file():
-                shutil.copyfile(folder / name, staged / name)
+                atomic_copy(folder / name, staged / name)
         _replace_dir(staged, out)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

@@ -1,0 +1,99 @@
+"""Images as the Space shows them: display sizes, tints, heatmap opacity, and the PNG files it serves."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from olam_edit.eval.grid import to_uint8
+from olam_edit.files.atomic import atomic_write_bytes
+from olam_edit.spaces_app.settings import DISPLAY
+
+
+def resize(img: np.ndarray, size: int = DISPLAY, smooth: bool = False) -> np.ndarray:
+    """An image ``[H, W, C]`` uint8 scaled so that its longer side is ``size`` (nearest for pixel art)."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    if max(h, w) == size:
+        return img
+    new = (max(1, round(w * size / max(h, w))), max(1, round(h * size / max(h, w))))
+    up = max(h, w) < size and not smooth
+    return np.asarray(Image.fromarray(img).resize(new, Image.NEAREST if up else Image.LANCZOS))
+
+
+def display(images: torch.Tensor) -> list[np.ndarray]:
+    """Images ``[B, 3, H, W]`` in [-1, 1] -> a list of uint8 ``[256, 256, 3]`` arrays."""
+    return [resize(im) for im in to_uint8(images)]
+
+
+def tint(img: np.ndarray, weight: np.ndarray, color: tuple[int, int, int], opacity: float = 0.55) -> np.ndarray:
+    """Blend ``color`` into ``img`` ``[H, W, 3]`` where ``weight`` ``[h, w]`` in [0, 1] is high."""
+    w = resize_weight(weight, img.shape[:2])[..., None] * opacity  # [H, W, 1]
+    out = img.astype(np.float64) * (1 - w) + np.asarray(color, np.float64) * w  # [H, W, 3]
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def resize_weight(weight: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float map in [0, 1] resized bilinearly to ``size`` (h, w)."""
+    t = torch.as_tensor(np.asarray(weight, dtype=np.float64))[None, None]  # [1, 1, h, w]
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)  # [1, 1, H, W]
+    return out[0, 0].clamp(0, 1).numpy()
+
+
+def heat_weight(scores: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Opacity of the heatmap: 0 up to the score ``low``, rising to 1 at ``high`` and above."""
+    return np.clip((scores - low) / max(high - low, 1e-12), 0.0, 1.0)
+
+
+class ImageFiles:
+    """PNG files of the images the app shows, named by their content and written once, atomically.
+
+    Handlers return these paths rather than arrays: Gradio rewrites the cache file of an array each
+    time it is returned (not atomically), so an image shown twice could be served half-written; a
+    file path it copies once and then reuses. Files unused for an hour are pruned now and then.
+    """
+
+    def __init__(self, folder: str | Path | None = None, max_age_s: float = 3600.0) -> None:
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="olam-edit-images-"))
+        self.max_age_s, self._writes = max_age_s, 0
+
+    def __call__(self, image: np.ndarray) -> str:
+        """The path of the PNG of ``image`` ``[H, W, C]`` uint8 (written on first use)."""
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+        path = self.folder / f"{hashlib.sha256(buf.getvalue()).hexdigest()[:40]}.png"
+        if path.exists():
+            os.utime(path)
+            return str(path)
+        atomic_write_bytes(path, buf.getvalue())
+        self._writes += 1
+        if self._writes % 500 == 0:
+            self.prune()
+        return str(path)
+
+    def prune(self) -> None:
+        """Delete the files not shown for ``max_age_s`` seconds."""
+        for old in self.folder.glob("*.png"):
+            if time.time() - old.stat().st_mtime > self.max_age_s:
+                old.unlink(missing_ok=True)
+
+    def convert(self, value: Any) -> Any:
+        """``value`` with every image array replaced by its file (through tuples, lists and dicts)."""
+        if isinstance(value, np.ndarray) and value.ndim == 3:
+            return self(value)
+        if isinstance(value, tuple | list):
+            return type(value)(self.convert(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.convert(v) for k, v in value.items()}
+        return value

@@ -1,0 +1,72 @@
+"""Painted masks to selections and requests: what the image editor sends, read as the core's types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from olam_edit.errors import EmptySelectionError, RequestError, explain
+from olam_edit.rules.spatial.request import EditRequest, Selection, mask_from_image
+from olam_edit.spaces_app.session import Session
+
+
+def editor_mask(value: Any) -> np.ndarray:
+    """The painted mask ``[H, W]`` in [0, 1] from a ``gr.ImageEditor`` value (as the editor sends it).
+
+    The strokes are the alpha of the editor's layers (their union); when the editor returns no layers
+    (a known Gradio quirk) the mask is where the composite differs from the background. A bare image
+    or array is read as a mask itself. Raises EmptySelectionError when nothing is painted.
+    """
+    if value is None:
+        raise EmptySelectionError(explain("no sample is open", fix="Pick a sample in the gallery first."))
+    if isinstance(value, dict):
+        layers = [np.asarray(x) for x in value.get("layers") or [] if x is not None]
+        if layers:
+            mask = np.max([_alpha(x) for x in layers], axis=0)  # [H, W]
+        else:
+            mask = _difference(value.get("background"), value.get("composite"))
+    else:
+        mask = mask_from_image(value)
+    if not np.isfinite(mask).all() or float(mask.max(initial=0.0)) <= 0.0:
+        raise EmptySelectionError(explain("the mask is empty", fix="Paint over the region with the brush."))
+    return mask
+
+
+def _alpha(layer: np.ndarray) -> np.ndarray:
+    """The strokes of one editor layer ``[H, W(, C)]`` as a float map ``[H, W]`` in [0, 1]."""
+    if layer.ndim == 3 and layer.shape[2] in (2, 4):
+        return layer[..., -1].astype(np.float64) / 255.0
+    gray = layer if layer.ndim == 2 else layer.max(axis=2)
+    return (gray.astype(np.float64) / (255.0 if layer.dtype.kind in "ui" else 1.0)).clip(0, 1)
+
+
+def _difference(background: Any, composite: Any) -> np.ndarray:
+    """1 where the composite differs visibly from the background ``[H, W]``, else 0 (``[1, 1]`` if unknown)."""
+    if background is None or composite is None:
+        return np.zeros((1, 1))
+    bg, comp = np.asarray(background)[..., :3].astype(np.int16), np.asarray(composite)[..., :3].astype(np.int16)
+    if bg.shape != comp.shape:
+        return np.zeros((1, 1))
+    return (np.abs(bg - comp).max(axis=2) > 24).astype(np.float64)
+
+
+def selection(value: Any, seed: int | None) -> Selection:
+    """A Selection from the editor value painted on sample ``seed``."""
+    if seed is None:
+        raise RequestError(explain("no sample is open", fix="Pick a sample in the gallery first."))
+    mask = editor_mask(value)
+    if float(mask.min()) >= 1 - 1e-6:
+        raise RequestError(explain("the mask covers the whole image", expected="a region",
+                                   fix="Paint only the part of the image the rule is about."))
+    return Selection(int(seed), mask)
+
+
+def make_request(session: Session, layer: str, rank: int) -> EditRequest:
+    """The session's selections as an EditRequest; a missing copy or paste region is an error."""
+    for what, sel in (("copy", session.copy), ("paste", session.paste)):
+        if sel is None:
+            raise RequestError(explain(f"there is no {what} region yet",
+                                       fix=f"Paint it on a sample and press 'Set {what}'."))
+    return EditRequest(layer=layer, copy=session.copy, paste=session.paste, context=list(session.context),
+                       rank=int(rank), model=None)

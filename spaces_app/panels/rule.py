@@ -1,0 +1,53 @@
+"""Wiring of the rule panel: Rewrite, the strength slider and Undo (the before / after galleries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from olam_edit.errors import RequestError, explain
+from olam_edit.spaces_app.binding import MODEL_EVENTS, UI, bind
+from olam_edit.spaces_app.session import Session, history_text
+from olam_edit.spaces_app.status import message
+from olam_edit.spaces_app.studio import Studio, describe
+
+
+class RuleHandlers:
+    """The rule panel's handlers (each returns its outputs by name)."""
+
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+
+    def rewrite(self, session: Session, layer: str, rank: int, smoothness: float, ridge: float, strength: float,
+                progress: gr.Progress = gr.Progress(track_tqdm=True)) -> dict[str, Any]:  # noqa: B008 - Gradio's idiom
+        session.strength = float(strength)
+        edit = self.studio.rewrite(session, layer, int(rank), float(smoothness), ridge,
+                                   lambda f, d: progress(f, desc=d))
+        progress(0.8, desc="rendering before / after")
+        before, after = self.studio.before_after(session)
+        return {"session": session, "before": before, "after": after, "history": history_text(session),
+                "status": message(f"Rewritten: {describe(edit)}.")}
+
+    def set_strength(self, session: Session, strength: float) -> dict[str, Any]:
+        session.strength = float(strength)
+        return {"session": session, "after": self.studio.before_after(session)[1],
+                "status": message(f"Strength {strength:g}.")}
+
+    def undo(self, session: Session) -> dict[str, Any]:
+        if not session.history:
+            raise RequestError(explain("there is nothing to undo"))
+        gone = session.history.pop()
+        return {"session": session, "after": self.studio.before_after(session)[1], "history": history_text(session),
+                "status": message(f"Undone: {gone.label}.")}
+
+
+def wire(studio: Studio, ui: UI) -> None:
+    """Connect "Rewrite", the strength slider and "Undo"."""
+    h, files = RuleHandlers(studio), studio.files
+    bind(ui, "rewrite", "click", h.rewrite, ("session", "before", "after", "history", "status"), files,
+         api_name="rewrite", **MODEL_EVENTS)
+    bind(ui, "strength", "release", h.set_strength, ("session", "after", "status"), files, api_name="strength",
+         **MODEL_EVENTS)
+    bind(ui, "undo", "click", h.undo, ("session", "after", "history", "status"), files, api_name="undo",
+         **MODEL_EVENTS)

@@ -1,0 +1,229 @@
+"""The Studio: what the Space's handlers do, on plain values (no Gradio components).
+
+Every method takes a :class:`Session` and plain values and returns plain values (images as arrays),
+so tests call it directly. The generators are shared and never mutated: images are rendered with a
+session's edit through the core's functional preview, and where the Studio reads a shared model's
+weights itself it holds that model's lock (:func:`olam_edit.model_lock`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from olam_edit import Edit, context_directions, model_lock
+from olam_edit.errors import EmptySelectionError, GeneratorLoadError, OlamEditError, RequestError, explain
+from olam_edit.hub.repo import looks_like_repo_id
+from olam_edit.memory.directions import DEFAULT_RIDGE
+from olam_edit.rules.spatial.request import EditRequest
+from olam_edit.spaces_app.generators import Models
+from olam_edit.spaces_app.images import ImageFiles, display, heat_weight, tint
+from olam_edit.spaces_app.masks import make_request
+from olam_edit.spaces_app.session import Session
+from olam_edit.spaces_app.settings import COLORS, COMPARE_FIRST_SEED, HEAT_LOW, TRAY, Settings
+from olam_edit.spaces_app.uploads import check_fits, picture, read_upload, zip_edit
+
+Gallery = list[tuple[Any, str]]  # (image, caption) pairs
+
+
+class Studio:
+    """The handlers' logic: samples, selections, rewrites, heatmaps and edit files of sessions."""
+
+    def __init__(self, settings: Settings, generator: Any | None = None) -> None:
+        self.settings = settings
+        self.models = Models(settings, generator)
+        self.files = ImageFiles()
+
+    def generator(self, session: Session) -> Any:
+        return self.models.get(session.model)
+
+    def default_layer(self, session: Session) -> str:
+        """The layer the UI starts on: an example rule's layer for the default model, else a middle one."""
+        layers = self.generator(session).layers()
+        for name in example_names() if session.model == "default" else []:
+            layer = example(name)[0].layer
+            if layer in layers:
+                return layer
+        return layers[len(layers) // 2]
+
+    # -- samples ---------------------------------------------------------------------------------
+    def sample(self, session: Session, seed: int) -> np.ndarray:
+        return self.samples(session, [seed])[0]
+
+    def samples(self, session: Session, seeds: Sequence[int]) -> list[np.ndarray]:
+        """Display images of ``seeds`` (each distinct seed rendered once, in batches)."""
+        unique = sorted({int(s) for s in seeds})
+        shown = dict(zip(unique, display(self.generator(session).images(unique)), strict=True))
+        return [shown[int(s)] for s in seeds]
+
+    def gallery(self, session: Session, heat: tuple[np.ndarray, float, float] | None = None) -> Gallery:
+        """The session's samples, tinted where the rule fires when ``heat`` (see :meth:`heatmap`) is given."""
+        images = self.models.before(session.model, session.seeds)
+        if heat is not None:
+            scores, low, high = heat
+            images = [tint(im, heat_weight(s, low, high), COLORS["heat"]) for im, s in zip(images, scores, strict=True)]
+        return [(im, f"#{s}") for im, s in zip(images, session.seeds, strict=True)]
+
+    def compare_seeds(self, count: int | None = None) -> list[int]:
+        return list(range(COMPARE_FIRST_SEED, COMPARE_FIRST_SEED + int(count or self.settings.compare_count)))
+
+    def before_after(self, session: Session, count: int | None = None) -> tuple[Gallery, Gallery]:
+        """Held-out samples of the base model and with the session's edit at its strength."""
+        seeds = self.compare_seeds(count)
+        before = self.models.before(session.model, seeds)
+        edit = session.current
+        if edit is None:
+            after = before
+        else:
+            after = display(self.generator(session).images(seeds, edit, session.strength))
+        caps = [f"#{s}" for s in seeds]
+        return list(zip(before, caps, strict=True)), list(zip(after, caps, strict=True))
+
+    # -- selections and rewrite ------------------------------------------------------------------
+    def tray(self, session: Session) -> tuple[Gallery, np.ndarray | None, np.ndarray | None]:
+        """Thumbnails of the context selections, and the copy and paste previews."""
+        sels = [*session.context[:TRAY], session.copy, session.paste]
+        images = self.samples(session, [s.seed for s in sels if s is not None])
+        shown = [tint(images.pop(0), s.mask, COLORS[what]) if s is not None else None
+                 for s, what in zip(sels, ["context"] * (len(sels) - 2) + ["copy", "paste"], strict=True)]
+        return [(im, f"#{s.seed}") for im, s in zip(shown[:-2], sels, strict=False)], shown[-2], shown[-1]
+
+    def rewrite(self, session: Session, layer: str, rank: int, smoothness: float, ridge: float,
+                progress: Callable[[float, str], None] = lambda f, d: None) -> Edit:
+        """Solve the session's rule on ``layer`` and push the edit on its undo stack."""
+        request = make_request(session, layer, rank)
+        progress(0.1, "collecting key statistics (cached after the first time)")
+        rewriter = self.models.rewriter(session.model, layer, check_ridge(ridge))
+        progress(0.6, "solving the rewrite")
+        with model_lock(rewriter.generator.model):  # the solve reads the shared weights a preview swaps
+            edit = rewriter.rewrite(request, smoothness=float(smoothness))
+        session.push(edit, describe(edit))
+        return edit
+
+    def heatmap(self, session: Session, layer: str, rank: int, ridge: float = DEFAULT_RIDGE
+                ) -> tuple[np.ndarray, float, float]:
+        """Where the rule fires on the gallery: from the context regions, else from the current edit.
+
+        Returns the scores ``[B, h, w]`` and two of their quantiles over the model's own samples: the
+        reference's outline threshold (99.9th percentile) and a lower one (HEAT_LOW) where the tint starts.
+        """
+        gen = self.generator(session)
+        if session.context:
+            rw = self.models.rewriter(session.model, layer, check_ridge(ridge))
+            keys, weights = rw.context_keys(session.context)  # [n, in], [n] (key capture takes the lock)
+            if keys.shape[0] == 0:
+                raise EmptySelectionError(explain("the context regions are empty at this layer's resolution",
+                                                  fix="Paint larger regions."))
+            D = context_directions(keys, weights, rw.C, int(rank), rw.ridge)  # [rank, in]
+        elif session.current is not None:
+            layer, delta = next(iter(session.current.deltas.items()))
+            rw, D = self.models.rewriter(session.model, layer), delta.directions
+        else:
+            raise RequestError(explain("there is no rule to show yet", fix="Add a context region, or rewrite first."))
+        with model_lock(gen.model):  # one turn for both passes (the rewriter's quantile cache is shared)
+            heat = rw.context_heatmap(session.seeds, directions=D.to(torch.float64))
+            low = rw.score_quantile(D.to(torch.float64), HEAT_LOW)
+        return heat.scores.numpy(), low, heat.threshold
+
+    # -- files -----------------------------------------------------------------------------------
+    def download(self, session: Session) -> Path:
+        """The zip of the current edit at the session's strength (a model card and picture inside)."""
+        edit = self._final(session, "download")
+        image = picture(self.generator(session), edit, self.compare_seeds(8))
+        return zip_edit(edit, tempfile.mkdtemp(prefix="olam-edit-"), image)
+
+    @staticmethod
+    def _final(session: Session, what: str) -> Edit:
+        """The current edit at the session's strength (what you see is what you save)."""
+        if session.current is None:
+            raise RequestError(explain(f"there is no edit to {what} yet", fix="Rewrite first."))
+        return session.current.scaled(session.strength)
+
+    def upload(self, session: Session, path: str | Path) -> Edit:
+        """Read, verify and vet an uploaded edit, and make it the session's current edit."""
+        max_bytes = int(self.settings.max_upload_mb * 2**20)
+        work = tempfile.mkdtemp(prefix="olam-edit-upload-")
+        try:
+            edit = read_upload(path, max_bytes, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        check_fits(self.generator(session), edit)
+        session.push(edit, f"uploaded: {describe(edit)}")
+        return edit
+
+    def publish(self, session: Session, repo_id: str, private: bool, token: str | None) -> str:
+        """Push the current edit (at its strength) to ``repo_id`` with the user's ``token``; the commit URL."""
+        if not token:
+            raise RequestError(explain("publishing needs your Hugging Face login", fix=(
+                "Press 'Sign in with Hugging Face' first." if self.settings.show_login else
+                "Sign-in works when the app runs as a Space; here, download the zip and run "
+                "`olam-edit push edit/ your-name/repo`.")))
+        repo_id = (repo_id or "").strip()
+        if not looks_like_repo_id(repo_id):
+            raise RequestError(explain("the repository name is not valid", got=repr(repo_id),
+                                       expected="'name' or 'user/name' (letters, digits, '-', '_', '.')"))
+        edit = self._final(session, "publish")
+        image = picture(self.generator(session), edit, self.compare_seeds(8))
+        extra = {"endpoint": self.settings.hub_endpoint} if self.settings.hub_endpoint else {}
+        return str(edit.push_to_hub(repo_id, token=token, private=bool(private), image=image, **extra))
+
+    def load_model(self, session: Session, spec: str) -> None:
+        """Switch the session to the generator ``spec`` ('default' or a Hub id), starting it over."""
+        spec = (spec or "").strip() or "default"
+        if spec not in ("default", self.settings.model) and not _is_hub_generator(spec):
+            raise RequestError(explain("not a generator name", got=repr(spec),
+                                       expected="'default' or a Hub id like 'user/model' (local paths only from "
+                                                "the command line)"))
+        try:
+            self.models.get(spec)
+        except OlamEditError as e:  # the core's own explanation, headed by what the visitor asked for
+            raise GeneratorLoadError(f"could not load the generator {spec!r}: {e.what}",
+                                     got=e.got, expected=e.expected, fix=e.fix) from e
+        except Exception as e:  # network, missing repo, unknown format: say so, keep the session
+            raise GeneratorLoadError(explain(f"could not load the generator {spec!r}",
+                                             got=f"{type(e).__name__}: {str(e)[:200]}")) from e
+        session.reset(spec)
+
+
+def _is_hub_generator(spec: str) -> bool:
+    """Whether the UI may load ``spec``: a ``namespace/name`` Hub id, never a local path."""
+    return "/" in spec and looks_like_repo_id(spec) and not Path(spec).exists()
+
+
+def describe(edit: Edit) -> str:
+    """A one-line label of an edit for the undo stack."""
+    solver, metrics = edit.manifest.get("solver") or {}, edit.manifest.get("metrics") or {}
+    layers = ", ".join(f"{n} rank {d.rank}" for n, d in edit.deltas.items())
+    norm = metrics.get("relative_norm")
+    size = f", ‖ΔW‖/‖W‖ = {norm:.3f}" if isinstance(norm, float) else ""
+    return f"{solver.get('method', 'edit')} {layers}{size}"
+
+
+def check_ridge(ridge: Any) -> float:
+    """``ridge`` as a positive float, else RequestError."""
+    if ridge is None or not np.isfinite(float(ridge)) or float(ridge) <= 0:
+        raise RequestError(explain("the ridge must be a positive number", got=ridge, expected=f"e.g. {DEFAULT_RIDGE}"))
+    return float(ridge)
+
+
+def example_names() -> list[str]:
+    """The curated example rules (none when they cannot be read)."""
+    try:
+        from olam_edit.rules.spatial.examples import list_examples
+
+        return list_examples()
+    except (OSError, OlamEditError):
+        return []
+
+
+def example(name: str) -> tuple[EditRequest, dict[str, Any]]:
+    """The example rule ``name``: its request and its solver settings."""
+    from olam_edit.rules.spatial.examples import load_example
+
+    return load_example(name)
