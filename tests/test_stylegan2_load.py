@@ -6,10 +6,14 @@ shapes, and pickles whose objects reduce exactly like NVlabs ``torch_utils.persi
 
 from __future__ import annotations
 
+import argparse
 import builtins
+import io
+import json
 import math
 import os
 import pickle
+import subprocess
 import sys
 import types
 from collections import OrderedDict
@@ -23,6 +27,7 @@ from torch import nn
 from olam_edit.adapters import stylegan2 as S
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
+from olam_edit.adapters.stylegan2.safety import MAX_STORAGE_BYTES, TensorFlowPickleError
 from olam_edit.errors import ShapeMismatchError, UnsafePickleError, WeightFileError
 
 # --------------------------------------------------------------------------------------------
@@ -402,3 +407,341 @@ def test_cli_convert_rosinality_to_safetensors(tmp_path) -> None:
     bad = subprocess.run([str(exe), "convert", str(tmp_path / "missing.pt"), str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# rosinality train.py checkpoints: g, d, g_ema, optimizer states and an argparse.Namespace
+# --------------------------------------------------------------------------------------------
+
+
+def train_args(**extra: object) -> argparse.Namespace:
+    """The ``args`` rosinality's train.py saves (its argparse options, for a tiny run)."""
+    return argparse.Namespace(path="lmdb", arch="stylegan2", iter=800000, batch=16, n_sample=64, size=16, r1=10.0,
+                              path_regularize=2.0, path_batch_shrink=2, d_reg_every=16, g_reg_every=4, mixing=0.9,
+                              ckpt=None, lr=0.002, channel_multiplier=2, wandb=False, local_rank=0, augment=False,
+                              augment_p=0.0, ada_target=0.6, ada_length=500000, ada_every=256, latent=32, n_mlp=2,
+                              start_iter=0, distributed=False, **extra)
+
+
+def adam_state(state: dict[str, torch.Tensor]) -> dict:
+    """A real Adam state dict after one step on ``state``'s tensors (what train.py keeps as g_optim / d_optim)."""
+    params = [nn.Parameter(v.clone().float()) for v in state.values()]
+    optim = torch.optim.Adam(params, lr=0.002, betas=(0.0, 0.99))
+    sum((p * p).sum() for p in params).backward()
+    optim.step()
+    return optim.state_dict()
+
+
+def train_checkpoint(model: StyleGAN2Generator, args: argparse.Namespace) -> dict:
+    """``{"g", "d", "g_ema", "g_optim", "d_optim", "args", "ada_aug_p"}`` as rosinality's train.py saves it."""
+    g_ema = S.rosinality_checkpoint(model)["g_ema"]
+    torch.manual_seed(11)
+    g = {k: v + 0.01 * torch.randn_like(v) for k, v in g_ema.items()}  # the trained G is not its average
+    d = {"convs.0.0.weight": torch.randn(8, 3, 1, 1), "convs.0.1.bias": torch.randn(8),
+         "convs.1.conv1.0.weight": torch.randn(8, 8, 3, 3), "final_conv.0.weight": torch.randn(8, 9, 3, 3),
+         "final_linear.0.weight": torch.randn(8, 128), "final_linear.1.weight": torch.randn(1, 8)}
+    return {"g": g, "d": d, "g_ema": g_ema, "g_optim": adam_state(g), "d_optim": adam_state(d), "args": args,
+            "ada_aug_p": 0.0}
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_rosinality_train_checkpoint_with_args_loads_like_its_g_ema(tmp_path: Path, zip_format: bool) -> None:
+    model = tiny()
+    torch.save({"g_ema": S.rosinality_checkpoint(model)["g_ema"]}, tmp_path / "g_ema.pt")
+    torch.save(train_checkpoint(model, train_args()), tmp_path / "train.pt", _use_new_zipfile_serialization=zip_format)
+    with pytest.warns(UserWarning, match="latent_avg"):
+        alone = S.load_stylegan2(tmp_path / "g_ema.pt")
+    with pytest.warns(UserWarning, match="latent_avg"):
+        trained = S.load_stylegan2(tmp_path / "train.pt")
+    assert trained.config == alone.config
+    assert all(torch.equal(v, alone.state_dict()[k]) for k, v in trained.state_dict().items())
+    assert torch.equal(render(trained), render(alone))
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()  # allowed for that call only
+
+
+def test_train_checkpoint_allows_namespace_and_nothing_else_new(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    args = train_args(hook=Payload(os.system, f"touch {marker}"))
+    torch.save(train_checkpoint(tiny(), args), tmp_path / "evil.pt")
+    with pytest.raises(UnsafePickleError, match=r"system"):
+        S.load_stylegan2(tmp_path / "evil.pt")
+    ckpt = train_checkpoint(tiny(), train_args())
+    ckpt["extra"] = OrderedDict(options=types.SimpleNamespace(lr=0.002))  # a look-alike, not allowed
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(UnsafePickleError, match=r"types\.SimpleNamespace"):
+        S.load_stylegan2(tmp_path / "other.pt")
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# TensorFlow-era pickles (dnnlib.tflib.network.Network)
+# --------------------------------------------------------------------------------------------
+
+
+def tf_era_pickle() -> bytes:
+    """A pickle shaped like NVlabs' TensorFlow StyleGAN2 ``(G, D, Gs)``: ``Network`` objects whose state
+    carries the network-building source. The module exists in ``sys.modules`` only while pickling."""
+    names = ("dnnlib", "dnnlib.tflib", "dnnlib.tflib.network")
+    fake = {name: types.ModuleType(name) for name in names}
+
+    class Network:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __getstate__(self) -> dict:
+            return {"version": 4, "name": self.name, "static_kwargs": {}, "components": {},
+                    "build_module_src": "import os\nos.system('touch pwned')\n", "build_func_name": "G_main",
+                    "variables": [(f"{self.name}/dense0/weight", np.ones((2, 2), np.float32))]}
+
+    Network.__module__, Network.__qualname__ = "dnnlib.tflib.network", "Network"
+    fake["dnnlib.tflib.network"].Network = Network
+    saved = {name: sys.modules.get(name) for name in names}
+    sys.modules.update(fake)
+    try:
+        return pickle.dumps((Network("G"), Network("D"), Network("Gs")), protocol=4)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@pytest.mark.parametrize("name", ["stylegan2-ffhq-config-f.pkl", "stylegan2-ffhq-config-f.pt"])
+def test_tensorflow_era_pickle_names_nvlabs_converter(tmp_path: Path, name: str) -> None:
+    data = tf_era_pickle()
+    assert b"dnnlib.tflib.network" in data and "dnnlib.tflib.network" not in sys.modules
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(TensorFlowPickleError) as caught:
+        S.load_stylegan2(tmp_path / name)
+    message = str(caught.value)
+    assert isinstance(caught.value, UnsafePickleError) and isinstance(caught.value, WeightFileError)
+    assert "TensorFlow" in message and "dnnlib.tflib.network.Network" in message
+    assert "python legacy.py --source=old.pkl --dest=new.pkl" in message and "stylegan2-ada-pytorch" in message
+    assert not (tmp_path / "pwned").exists() and "dnnlib.tflib.network" not in sys.modules
+
+
+# --------------------------------------------------------------------------------------------
+# sizes a file states are checked before anything is allocated
+# --------------------------------------------------------------------------------------------
+
+
+class Reduce:
+    """Pickles as ``func(*args)`` (func by reference; nothing is called while pickling)."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple:
+        return (self.func, self.args)
+
+
+def typed_storage(values: torch.Tensor) -> torch.storage.TypedStorage:
+    return torch.storage.TypedStorage(wrap_storage=values.untyped_storage(), dtype=values.dtype, _internal=True)
+
+
+def storage_blob(values: torch.Tensor) -> bytes:
+    """The bytes ``TypedStorage.__reduce__`` hands to ``torch.storage._load_from_bytes`` (legacy torch.save)."""
+    buf = io.BytesIO()
+    torch.save(typed_storage(values), buf, _use_new_zipfile_serialization=False)
+    return buf.getvalue()
+
+
+STORAGE = object()  # stands for the one storage of legacy_torch_save
+
+
+def legacy_torch_save(obj: object, claimed: int, data: bytes) -> bytes:
+    """Legacy torch.save bytes written by hand (magic, protocol, system info, object, keys, then count +
+    bytes): ``STORAGE`` inside ``obj`` is a float32 storage that claims ``claimed`` elements, its data ``data``."""
+    out = io.BytesIO()
+    info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    for header in (torch.serialization.MAGIC_NUMBER, 1001, info):
+        pickle.dump(header, out, protocol=2)
+
+    class Claims(pickle.Pickler):
+        def persistent_id(self, obj: object) -> tuple | None:
+            return ("storage", torch.FloatStorage, "0", "cpu", claimed, None) if obj is STORAGE else None
+
+    Claims(out, protocol=2).dump(obj)
+    pickle.dump(["0"], out, protocol=2)
+    out.write(claimed.to_bytes(8, "little") + data)
+    return out.getvalue()
+
+
+def legacy_storage_blob(claimed: int, data: bytes) -> bytes:
+    """What ``_load_from_bytes`` receives, by hand: one storage claiming ``claimed`` float32 elements."""
+    return legacy_torch_save(STORAGE, claimed, data)
+
+
+def nv_tensor(blob: bytes, size: tuple[int, ...], stride: tuple[int, ...]) -> Reduce:
+    """A tensor as NVlabs pickles hold it: ``_rebuild_tensor_v2(_load_from_bytes(blob), 0, size, stride, ...)``."""
+    storage = Reduce(torch.storage._load_from_bytes, blob)
+    return Reduce(torch._utils._rebuild_tensor_v2, storage, 0, size, stride, False, OrderedDict())
+
+
+def oversized_tensor_pickle() -> bytes:
+    """Under 500 bytes: a 4-element storage and a tensor of 3e9 elements on it (12 GB if it were grown)."""
+    return pickle.dumps({"G_ema": nv_tensor(storage_blob(torch.arange(4.0)), (3 * 10**9,), (1,))}, protocol=3)
+
+
+def unbounded_storage_pickle() -> bytes:
+    """A storage record claiming one element more than MAX_STORAGE_BYTES allows, with 16 bytes present."""
+    blob = legacy_storage_blob(MAX_STORAGE_BYTES // 4 + 1, torch.arange(4.0).numpy().tobytes())
+    return pickle.dumps({"G_ema": nv_tensor(blob, (4,), (1,))}, protocol=3)
+
+
+def expanded_rosinality_checkpoint() -> dict:
+    """rosinality's layout for style_dim 2048, n_mlp 8, 1024 channels (98 M values, 390 MB as a model), every
+    tensor a stride-0 expansion of one stored element: the file is a few tens of KB."""
+    config = StyleGAN2Config(size=16, style_dim=2048, n_mlp=8, channels={4: 1024, 8: 1024, 16: 1024})
+    with torch.device("meta"):
+        ckpt = S.rosinality_checkpoint(StyleGAN2Generator(config))
+    g_ema = {k: torch.full((), 0.5).expand(v.shape) for k, v in ckpt["g_ema"].items()}
+    return {"g_ema": g_ema, "latent_avg": torch.zeros(()).expand(2048)}
+
+
+def test_tensor_larger_than_its_storage_is_refused(tmp_path: Path) -> None:
+    data = oversized_tensor_pickle()
+    assert len(data) < 500
+    (tmp_path / "big.pkl").write_bytes(data)
+    with pytest.raises(WeightFileError, match="past the end of its storage"):
+        S.load_stylegan2(tmp_path / "big.pkl")
+    overlap = nv_tensor(storage_blob(torch.arange(4.0)), (1000, 4), (0, 1))  # inside, but 4000 from 4
+    (tmp_path / "rows.pkl").write_bytes(pickle.dumps({"G_ema": overlap}, protocol=3))
+    with pytest.raises(WeightFileError, match="stride-0 or overlapping"):
+        S.load_stylegan2(tmp_path / "rows.pkl")
+
+
+def test_storage_beyond_the_bound_or_the_bytes_present_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "huge.pkl").write_bytes(unbounded_storage_pickle())
+    with pytest.raises(WeightFileError, match=r"larger than the loader's bound.*MAX_STORAGE_BYTES"):
+        S.load_stylegan2(tmp_path / "huge.pkl")
+    short = legacy_storage_blob(1000, torch.arange(4.0).numpy().tobytes())  # claims 4000 bytes, holds 16
+    (tmp_path / "short.pkl").write_bytes(pickle.dumps({"G_ema": nv_tensor(short, (4,), (1,))}, protocol=3))
+    with pytest.raises(WeightFileError, match="more bytes than the file holds"):
+        S.load_stylegan2(tmp_path / "short.pkl")
+
+
+def test_hand_written_storage_bytes_read_like_torch_writes_them(tmp_path: Path) -> None:
+    values = torch.tensor([1.5, -2.0, 3.25, 8.0])
+    blob = legacy_storage_blob(4, values.numpy().tobytes())
+    from_torch = torch.load(io.BytesIO(blob), weights_only=True)  # torch reads the hand-written bytes too
+    assert torch.equal(torch.tensor([], dtype=torch.float32).set_(from_torch._untyped_storage), values)
+    loaded = S.safe_unpickle(io.BytesIO(pickle.dumps(nv_tensor(blob, (2, 2), (1, 2)), protocol=3)))
+    assert torch.equal(loaded, values.as_strided((2, 2), (1, 2)))
+
+
+def test_stride0_expanded_pt_is_refused(tmp_path: Path) -> None:
+    torch.save(expanded_rosinality_checkpoint(), tmp_path / "expanded.pt")
+    assert (tmp_path / "expanded.pt").stat().st_size < 100_000
+    with pytest.raises(WeightFileError, match="stride-0 or overlapping"):
+        S.load_stylegan2(tmp_path / "expanded.pt")
+
+
+@pytest.mark.parametrize(("zip_format", "message"), [(True, "larger than its storage"),  # torch refuses to grow it
+                                                     (False, "past the end of its storage")])  # the pre-flight
+def test_pt_tensor_larger_than_its_storage_is_refused(tmp_path: Path, zip_format: bool, message: str) -> None:
+    big = Reduce(torch._utils._rebuild_tensor_v2, typed_storage(torch.arange(4.0)), 0, (3 * 10**9,), (1,), False,
+                 OrderedDict())
+    torch.save({"g_ema": {"style.1.weight": big}}, tmp_path / "big.pt", _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(WeightFileError, match=message):
+        S.load_stylegan2(tmp_path / "big.pt")
+
+
+def test_legacy_pt_storage_claims_are_checked_before_torch_reserves_them(tmp_path: Path) -> None:
+    values = torch.arange(4.0).numpy().tobytes()
+    tensor = Reduce(torch._utils._rebuild_tensor_v2, STORAGE, 0, (4,), (1,), False, OrderedDict())
+    (tmp_path / "ok.pt").write_bytes(legacy_torch_save({"g_ema": {"w": tensor}}, 4, values))
+    assert torch.equal(torch.load(tmp_path / "ok.pt", weights_only=True)["g_ema"]["w"], torch.arange(4.0))
+    with pytest.raises(WeightFileError, match="not a rosinality StyleGAN2 g_ema"):  # the pre-flight passes it
+        S.load_stylegan2(tmp_path / "ok.pt")
+    (tmp_path / "claim.pt").write_bytes(legacy_torch_save({"g_ema": {"w": tensor}}, 10**7, values))
+    with pytest.raises(WeightFileError, match="more bytes than the file holds"):  # torch would reserve 40 MB
+        S.load_stylegan2(tmp_path / "claim.pt")
+    (tmp_path / "huge.pt").write_bytes(legacy_torch_save({"g_ema": {"w": tensor}}, 10**9, values))
+    with pytest.raises(WeightFileError, match="larger than the loader's bound"):
+        S.load_stylegan2(tmp_path / "huge.pt")
+
+
+PEAK_PROBE = """
+import json, resource, sys
+from olam_edit.adapters import stylegan2 as S
+from olam_edit.errors import WeightFileError
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def virtual_peak_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmPeak:")) / 1024
+
+S.load_stylegan2(sys.argv[1])  # warm up: imports, thread pools, allocator arenas
+rss, virtual, out = peak_mb(), virtual_peak_mb(), {}
+for path in sys.argv[2:]:
+    try:
+        S.load_stylegan2(path)
+        out[path] = "loaded"
+    except WeightFileError as exc:
+        out[path] = type(exc).__name__ + ": " + str(exc)
+print(json.dumps({"errors": out, "rss_mb": peak_mb() - rss, "virtual_mb": virtual_peak_mb() - virtual}))
+"""
+
+
+def test_hostile_files_keep_peak_memory_low(tmp_path: Path) -> None:
+    save_rosinality(tiny(), tmp_path / "good.pt")
+    (tmp_path / "big.pkl").write_bytes(oversized_tensor_pickle())
+    (tmp_path / "huge.pkl").write_bytes(unbounded_storage_pickle())
+    torch.save(expanded_rosinality_checkpoint(), tmp_path / "expanded.pt")
+    hostile = [str(tmp_path / name) for name in ("big.pkl", "huge.pkl", "expanded.pt")]
+    run = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(tmp_path / "good.pt"), *hostile],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.splitlines()[-1])
+    assert all(report["errors"][p].startswith("WeightFileError: ") for p in hostile), report["errors"]
+    assert "past the end" in report["errors"][hostile[0]] and "bound" in report["errors"][hostile[1]]
+    assert "stride-0" in report["errors"][hostile[2]]
+    assert report["rss_mb"] < 300, report
+    assert report["virtual_mb"] < 4096, report  # the pickles ask for 12 GB and 256 MB; nothing is reserved
+
+
+def test_error_messages_never_format_the_files_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from olam_edit.adapters.stylegan2 import unpickle
+
+    def no_repr(self: object) -> str:
+        raise AssertionError("repr called on an object read from the file")
+
+    monkeypatch.setattr(unpickle._EasyDict, "__repr__", no_repr)  # what the file's dnnlib.util.EasyDict becomes
+    monkeypatch.setattr(unpickle._DType, "__repr__", no_repr)  # and its numpy.dtype
+    laughs: object = EasyDict(a=1)
+    key: object = np.dtype("float32")
+    for depth in range(40):
+        laughs = (laughs, laughs)  # its repr would be 2**40 EasyDicts long
+        key = (key, key) if depth < 16 else key  # hashable (hashing is exponential too: kept shallower)
+    marker = object()
+
+    class WithPersistentId(pickle.Pickler):
+        def persistent_id(self, obj: object) -> object:
+            return laughs if obj is marker else None
+
+    out = io.BytesIO()
+    saved = {name: sys.modules.get(name) for name in _fake_modules()}
+    sys.modules.update(_fake_modules())
+    try:
+        WithPersistentId(out, protocol=3).dump({"G_ema": marker})
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    g = nv_generator(tiny(flavor="nvlabs"))
+    g.state["_modules"]["synthesis"].state["_modules"]["b4"].state["architecture"] = laughs
+    cases = {"pid.pkl": (out.getvalue(), UnsafePickleError, "persistent ids"),
+             "class.pkl": (dumps({"G_ema": Record(laughs)}), UnsafePickleError, "persistent object of class tuple"),
+             "attr.pkl": (dumps({"G_ema": g}), WeightFileError, "architecture"),
+             "keys.pkl": (dumps({key: 1, "G": 2}), WeightFileError, "no NVlabs generator")}
+    for name, (data, kind, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(kind, match=message) as caught:
+            S.load_stylegan2(tmp_path / name)
+        assert "tuple of 2 items" in str(caught.value) and len(str(caught.value)) < 600

@@ -11,19 +11,30 @@ from olam_edit.adapters.stylegan2.build import build_generator
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config, default_channels
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from olam_edit.adapters.stylegan2.rosinality import _describe
+from olam_edit.adapters.stylegan2.safety import exception_text, summary
 from olam_edit.adapters.stylegan2.unpickle import PersistentRecord, safe_unpickle
-from olam_edit.errors import WeightFileError, explain
+from olam_edit.errors import OlamEditError, WeightFileError, explain
 
 
 def load_nvlabs_pickle(path: str | os.PathLike) -> StyleGAN2Generator:
-    """Load ``G_ema`` of an NVlabs stylegan2-ada-pytorch / stylegan3 pickle, executing nothing."""
+    """Load ``G_ema`` of an NVlabs stylegan2-ada-pytorch / stylegan3 pickle, executing nothing.
+
+    A TensorFlow-era pickle raises TensorFlowPickleError (convert it with NVlabs' ``legacy.py``);
+    attributes of the wrong type raise WeightFileError, never a traceback.
+    """
     with open(path, "rb") as handle:
         data = safe_unpickle(handle, source=str(path))
     g_ema = data.get("G_ema") if isinstance(data, dict) else data
     if not isinstance(g_ema, PersistentRecord) or g_ema.class_name != "Generator":
         raise WeightFileError(explain(f"{path}: no NVlabs generator in the pickle", got=_describe(data),
                                       expected='a dict with "G_ema" (a persistent Generator)'))
-    return from_nvlabs(g_ema, source=str(path))
+    try:
+        return from_nvlabs(g_ema, source=str(path))
+    except OlamEditError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+        raise WeightFileError(explain(f"{path}: malformed NVlabs generator", got=exception_text(exc),
+                                      expected="a stylegan2-ada-pytorch / stylegan3 G_ema")) from exc
 
 
 def from_nvlabs(g_ema: PersistentRecord, *, source: str = "NVlabs pickle") -> StyleGAN2Generator:
@@ -45,12 +56,12 @@ def _refuse_unsupported(g_ema: PersistentRecord, synthesis: PersistentRecord, so
                                           "--cfg=stylegan2) can be loaded."))
     if int(g_ema.state.get("c_dim", 0) or 0) > 0:
         raise WeightFileError(explain(f"{source}: a class-conditional generator",
-                                      got=f"c_dim={g_ema.state['c_dim']}", expected="c_dim=0",
+                                      got=f"c_dim={summary(g_ema.state['c_dim'])}", expected="c_dim=0",
                                       fix="Conditional StyleGAN2 models are not supported."))
     block = synthesis.child("b4")
     if block.state.get("architecture", "skip") != "skip":
         raise WeightFileError(explain(f"{source}: unsupported generator architecture",
-                                      got=block.state.get("architecture"), expected="skip"))
+                                      got=summary(block.state.get("architecture")), expected="skip"))
 
 
 def nvlabs_config(g_ema: PersistentRecord, synthesis: PersistentRecord, mapping: PersistentRecord
@@ -77,7 +88,7 @@ def _nvlabs_mapping_state(mapping: PersistentRecord, config: StyleGAN2Config) ->
     for i in range(config.n_mlp):
         fc = mapping.child(f"fc{i}")
         if fc.state.get("activation", "lrelu") != "lrelu":
-            raise WeightFileError(explain("unsupported mapping activation", got=fc.state.get("activation"),
+            raise WeightFileError(explain("unsupported mapping activation", got=summary(fc.state.get("activation")),
                                           expected="lrelu"))
         state |= {f"mapping.fc{i}.{k}": v for k, v in fc.tensors().items()}
     avg = mapping.tensors().get("w_avg")
@@ -105,7 +116,7 @@ def _nvlabs_block_state(block: PersistentRecord, res: int) -> dict[str, torch.Te
 def _nvlabs_layer_state(layer: PersistentRecord, prefix: str) -> dict[str, torch.Tensor]:
     """One ``SynthesisLayer`` in our names; a layer without noise gets zero strength."""
     if layer.state.get("activation", "lrelu") != "lrelu":
-        raise WeightFileError(explain(f"{prefix}: unsupported activation", got=layer.state.get("activation"),
+        raise WeightFileError(explain(f"{prefix}: unsupported activation", got=summary(layer.state.get("activation")),
                                       expected="lrelu"))
     own = layer.tensors()
     res = int(layer.state.get("resolution", own["weight"].shape[-1]))

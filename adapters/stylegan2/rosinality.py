@@ -1,7 +1,14 @@
-"""rosinality/stylegan2-pytorch ``.pt`` files, read with ``torch.load(weights_only=True)``."""
+"""rosinality/stylegan2-pytorch ``.pt`` files, read with ``torch.load(weights_only=True)``.
+
+Both what ``convert_weight.py`` writes (``g_ema`` + ``latent_avg``) and what ``train.py`` saves
+(``g``, ``d``, ``g_ema``, ``g_optim``, ``d_optim`` and ``args``, an ``argparse.Namespace``) load; the
+file is checked within bounds before ``torch.load`` and every loaded tensor after it
+(:mod:`~olam_edit.adapters.stylegan2.torchsave`, :mod:`~olam_edit.adapters.stylegan2.safety`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import pickle
@@ -13,11 +20,26 @@ from typing import Any
 
 import torch
 
-from olam_edit.adapters.stylegan2.build import _check_keys, _short, build_generator
+from olam_edit.adapters.stylegan2.build import _check_keys, build_generator
 from olam_edit.adapters.stylegan2.config import StyleGAN2Config, default_channels
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from olam_edit.adapters.stylegan2.ops import blur_kernel
-from olam_edit.errors import UnsafePickleError, WeightFileError, explain
+from olam_edit.adapters.stylegan2.safety import (
+    check_loaded_tensors,
+    clip,
+    describe_keys,
+    exception_text,
+    summary,
+    tensorflow_pickle_error,
+)
+from olam_edit.adapters.stylegan2.torchsave import check_torch_file
+from olam_edit.errors import OlamEditError, UnsafePickleError, WeightFileError, explain
+
+# Classes a checkpoint may hold beyond torch's own weights-only allow-list, allowed only during our
+# torch.load call. argparse.Namespace (train.py's ``args``) is rebuilt as ``Namespace.__new__`` plus
+# setting attributes from the pickled dict: it has no __setstate__ or __reduce__ of its own, so no
+# code is imported or run, and the values themselves are still held to torch's allow-list.
+CHECKPOINT_GLOBALS = (argparse.Namespace,)
 
 
 def _rosinality_prefix(name: str) -> str:
@@ -88,8 +110,8 @@ def rosinality_config(g_ema: dict[str, torch.Tensor]) -> StyleGAN2Config:
         channels = {4: g_ema["conv1.conv.weight"].shape[1]}
         channels |= {2 ** (j + 3): g_ema[f"convs.{2 * j}.conv.weight"].shape[1] for j in range(n_rgbs)}
         img_channels = g_ema["to_rgb1.conv.weight"].shape[1]
-    except (KeyError, ValueError, IndexError) as exc:
-        raise WeightFileError(explain("not a rosinality StyleGAN2 g_ema state dict", got=f"{exc!r}",
+    except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
+        raise WeightFileError(explain("not a rosinality StyleGAN2 g_ema state dict", got=exception_text(exc),
                                       expected="keys style.1.weight, conv1.conv.weight, to_rgb1.*")) from exc
     size = 2 ** (n_rgbs + 2)
     multiplier = next((m for m in (1, 2, 4) if default_channels(size, m) == channels), 2)
@@ -126,7 +148,7 @@ def estimate_w_avg(model: StyleGAN2Generator, samples: int = 4096, seed: int = 0
 def _squeeze_to(tensor: Any, ours: str, theirs: str, source: str) -> torch.Tensor:
     """Drop rosinality's extra unit axes; shapes are checked again in :func:`build_generator`."""
     if not isinstance(tensor, torch.Tensor):
-        raise WeightFileError(explain(f"{source}: {theirs!r} is not a tensor", got=type(tensor).__name__))
+        raise WeightFileError(explain(f"{source}: {theirs!r} is not a tensor", got=summary(tensor)))
     if ours == "mapping.w_avg" or _RGB_BIAS.fullmatch(ours):
         return tensor.reshape(-1)  # [D] / [3]
     leading_one = ours == "const" or ours.endswith(("conv.weight", "noise_strength"))
@@ -147,7 +169,8 @@ def rosinality_checkpoint(generator: StyleGAN2Generator) -> dict[str, Any]:
 
 
 def load_rosinality(path: str | os.PathLike) -> StyleGAN2Generator:
-    """Load a rosinality ``.pt`` (``g_ema`` + ``latent_avg``) with ``torch.load(weights_only=True)``."""
+    """Load a rosinality ``.pt`` with ``torch.load(weights_only=True)``: ``g_ema`` and ``latent_avg``
+    (estimated when absent, as for ``train.py`` checkpoints); other entries are read and ignored."""
     ckpt = _torch_load_weights_only(Path(path))
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("g_ema"), dict):
         raise WeightFileError(explain(f"{path}: not a rosinality StyleGAN2 checkpoint",
@@ -157,28 +180,43 @@ def load_rosinality(path: str | os.PathLike) -> StyleGAN2Generator:
 
 
 def _torch_load_weights_only(path: Path) -> Any:
-    """``torch.load`` restricted to tensors; code-carrying and broken files raise our errors."""
+    """``torch.load`` restricted to tensors (and :data:`CHECKPOINT_GLOBALS`, for this call only), after a
+    pre-flight of the file's sizes and followed by a check of every tensor's view; code-carrying and
+    broken files raise our errors."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+        check_torch_file(path, source=str(path))
+        with torch.serialization.safe_globals(list(CHECKPOINT_GLOBALS)):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, OlamEditError):
         raise
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found or "Weights only load failed" in str(exc):
-            name = found.group(1) if found else "a global outside torch's allow-list"
-            message = explain(f"{path}: the checkpoint asks to import {name}",
-                              expected="tensors and containers only",
-                              fix="Nothing was run; only load checkpoints from sources you trust.")
-            raise UnsafePickleError(message) from exc
-        raise WeightFileError(explain(f"{path}: unreadable checkpoint", got=str(exc).splitlines()[0])) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise WeightFileError(explain(f"{path}: truncated or not a PyTorch checkpoint",
-                                      got=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                                      fix="Download the file again.")) from exc
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
+            MemoryError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        raise _load_error(path, exc) from exc
+    check_loaded_tensors(ckpt, source=str(path))
+    return ckpt
+
+
+def _load_error(path: Path, exc: BaseException) -> WeightFileError:
+    """Our error for what ``torch.load`` (or the pre-flight's reading) raised on ``path``."""
+    text = exception_text(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        message = exc.args[0] if exc.args and type(exc.args[0]) is str else ""  # torch's own text
+        found = re.search(r"GLOBAL ([\w.]{1,300})", message)
+        name = found.group(1) if found else "a global outside torch's allow-list"
+        if name.startswith("dnnlib.tflib."):
+            return tensorflow_pickle_error(str(path), *name.rsplit(".", 1))
+        if found or "Weights only load failed" in message:
+            return UnsafePickleError(explain(f"{path}: the checkpoint asks to import {clip(name)}",
+                                             expected="tensors and containers only",
+                                             fix="Nothing was run; only load checkpoints from sources you trust."))
+        return WeightFileError(explain(f"{path}: unreadable checkpoint", got=text))
+    if "not resizable" in text:
+        return WeightFileError(explain(f"{path}: a tensor is larger than its storage", got=text,
+                                       fix="The file is damaged or was crafted; nothing was allocated."))
+    return WeightFileError(explain(f"{path}: truncated or not a PyTorch checkpoint", got=text,
+                                   fix="Download the file again."))
 
 
 def _describe(obj: Any) -> str:
-    """Short description of an unexpected object."""
-    if isinstance(obj, dict):
-        return f"dict with keys {_short(sorted(map(str, obj)))}"
-    return type(obj).__name__
+    """Short description of an unexpected object (never its repr)."""
+    return describe_keys(obj) if isinstance(obj, dict) else summary(obj)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import io
 import pickle
 import re
 from collections.abc import Callable
@@ -13,9 +12,18 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from olam_edit.adapters.stylegan2.build import _short
 from olam_edit.adapters.stylegan2.rosinality import _describe
-from olam_edit.errors import UnsafePickleError, WeightFileError, explain
+from olam_edit.adapters.stylegan2.safety import (
+    check_view,
+    clip,
+    describe_keys,
+    exception_text,
+    is_tensorflow_module,
+    summary,
+    tensorflow_pickle_error,
+)
+from olam_edit.adapters.stylegan2.torchsave import LoadedStorage, load_storage_blob
+from olam_edit.errors import OlamEditError, UnsafePickleError, WeightFileError, explain
 
 ALLOWED_PERSISTENT_CLASSES = frozenset({
     # training/networks.py (stylegan2-ada-pytorch) and networks_stylegan2.py (stylegan3)
@@ -40,21 +48,26 @@ class PersistentRecord:
     state: dict
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Own parameters and buffers (``None`` entries skipped)."""
-        found = {**self.state.get("_parameters", {}), **self.state.get("_buffers", {})}
-        return {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
+        """Own parameters and buffers (``None`` entries and entries that are not tensors skipped)."""
+        found = {**self._mapping("_parameters"), **self._mapping("_buffers")}
+        return {k: v for k, v in found.items() if type(k) is str and isinstance(v, torch.Tensor)}
 
     def child(self, name: str) -> PersistentRecord:
         """Sub-module ``name``; WeightFileError when it is missing or not a record."""
-        child = self.state.get("_modules", {}).get(name)
+        child = self._mapping("_modules").get(name)
         if not isinstance(child, PersistentRecord):
             raise WeightFileError(explain(f"{self.class_name} has no sub-network {name!r}",
-                                          got=_short(sorted(self.state.get("_modules", {})))))
+                                          got=describe_keys(self._mapping("_modules"))))
         return child
 
     def has_child(self, name: str) -> bool:
         """Whether sub-module ``name`` exists."""
-        return isinstance(self.state.get("_modules", {}).get(name), PersistentRecord)
+        return isinstance(self._mapping("_modules").get(name), PersistentRecord)
+
+    def _mapping(self, key: str) -> dict:
+        """``state[key]`` when it is a dict, else an empty one."""
+        found = self.state.get(key)
+        return found if isinstance(found, dict) else {}
 
 
 def _reconstruct_record(meta: Any) -> PersistentRecord:
@@ -62,30 +75,11 @@ def _reconstruct_record(meta: Any) -> PersistentRecord:
     if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
         raise WeightFileError(explain("malformed torch_utils.persistence record", got=_describe(meta)))
     name = meta.get("class_name")
-    if name not in ALLOWED_PERSISTENT_CLASSES:
-        raise UnsafePickleError(explain(f"the pickle holds a persistent object of class {name!r}",
+    if type(name) is not str or name not in ALLOWED_PERSISTENT_CLASSES:
+        raise UnsafePickleError(explain(f"the pickle holds a persistent object of class {summary(name)}",
                                         expected=f"one of {sorted(ALLOWED_PERSISTENT_CLASSES)}",
                                         fix="Only NVlabs StyleGAN2/3 pickles are read; nothing was run."))
     return PersistentRecord(class_name=name, state=dict(meta["state"]))
-
-
-def _load_storage(data: bytes) -> Any:
-    """Stand-in for ``torch.storage._load_from_bytes``: legacy ``torch.save`` bytes, weights only."""
-    if not isinstance(data, bytes | bytearray):
-        raise WeightFileError(explain("malformed tensor storage in the pickle", got=type(data).__name__))
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafePickleError(explain("a tensor storage in the pickle asks for code",
-                                        got=str(exc).splitlines()[0])) from exc
-
-
-def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_ignored: Any) -> torch.Tensor:
-    """Stand-in for ``torch._utils._rebuild_tensor_v2``: a view of an already loaded storage."""
-    if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
-        raise WeightFileError(explain("malformed tensor in the pickle", got=type(storage).__name__,
-                                      expected="a storage"))
-    return torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data: Any, *_ignored: Any) -> torch.Tensor:
@@ -107,7 +101,7 @@ class _DType:
 
     def __init__(self, code: Any, align: Any = False, copy: Any = True) -> None:
         if not isinstance(code, str) or not _NUMERIC_DTYPE.fullmatch(code):
-            raise UnsafePickleError(explain("the pickle asks for a non-numeric numpy dtype", got=repr(code)))
+            raise UnsafePickleError(explain("the pickle asks for a non-numeric numpy dtype", got=summary(code)))
         self.code, self.order = code, "="
 
     def __setstate__(self, state: Any) -> None:
@@ -143,14 +137,14 @@ class _NDArray:
 def _numpy_reconstruct(cls: Any, shape: Any = (0,), code: Any = b"b") -> _NDArray:
     """Stand-in for ``numpy.core.multiarray._reconstruct`` (ndarray only)."""
     if cls is not _NDArray:
-        raise UnsafePickleError(explain("the pickle reconstructs a numpy subclass", got=repr(cls)))
+        raise UnsafePickleError(explain("the pickle reconstructs a numpy subclass", got=summary(cls)))
     return _NDArray()
 
 
 def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
     """Stand-in for ``_codecs.encode`` (how protocol-2 pickles store bytes)."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8"):
-        raise UnsafePickleError(explain("unexpected _codecs.encode call in the pickle", got=repr(encoding)))
+        raise UnsafePickleError(explain("unexpected _codecs.encode call in the pickle", got=summary(encoding)))
     return text.encode(encoding)
 
 
@@ -158,8 +152,6 @@ def _safe_globals() -> dict[tuple[str, str], Callable[..., Any] | type]:
     """Every global a StyleGAN pickle may name, mapped to our own harmless stand-ins."""
     table: dict[tuple[str, str], Callable[..., Any] | type] = {
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_record,
-        ("torch.storage", "_load_from_bytes"): _load_storage,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
         ("collections", "OrderedDict"): collections.OrderedDict,
@@ -180,34 +172,64 @@ def _safe_globals() -> dict[tuple[str, str], Callable[..., Any] | type]:
 class SafeUnpickler(pickle.Unpickler):
     """Unpickler for NVlabs network pickles that never imports or calls anything of the file's choice.
 
-    ``find_class`` answers only from a fixed table of our own stand-ins (tensor rebuilding through
-    ``torch.load(weights_only=True)``, containers, numeric numpy values, persistence records as
-    :class:`PersistentRecord`); any other global raises UnsafePickleError naming it.
+    ``find_class`` answers only from a fixed table of our own stand-ins (containers, numeric numpy
+    values, persistence records as :class:`PersistentRecord`) and two methods of its own: tensor
+    storages are read by :func:`~olam_edit.adapters.stylegan2.torchsave.load_storage_blob` (every size
+    checked against the bytes present and the bounds of :mod:`~olam_edit.adapters.stylegan2.safety`
+    before it is allocated) and tensors are views that must lie inside their storage. Any other
+    global raises UnsafePickleError naming it; a ``dnnlib.tflib`` global (a TensorFlow-era pickle)
+    raises TensorFlowPickleError, which names NVlabs' converter. ``source`` names the file in errors.
     """
 
     _table = _safe_globals()
 
+    def __init__(self, file: BinaryIO, *, source: str = "pickle") -> None:
+        super().__init__(file)
+        self.source = source
+        self._storage_bytes = 0
+        self._own = {("torch.storage", "_load_from_bytes"): self._load_storage,
+                     ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor}
+
     def find_class(self, module: str, name: str) -> Any:
-        found = self._table.get((module, name))
+        found = self._own.get((module, name)) or self._table.get((module, name))
+        if found is None and is_tensorflow_module(module):
+            raise tensorflow_pickle_error(self.source, module, name)
         if found is None:
             raise UnsafePickleError(explain(
-                f"the pickle asks to import {module}.{name}", expected="tensors, containers and NVlabs "
-                "persistence records", fix="This is not a plain StyleGAN network pickle; nothing was run."))
+                f"{self.source}: the pickle asks to import {clip(module)}.{clip(name)}",
+                expected="tensors, containers and NVlabs persistence records",
+                fix="This is not a plain StyleGAN network pickle; nothing was run."))
         return found
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(explain("the pickle uses persistent ids", got=repr(pid)[:80],
+        raise UnsafePickleError(explain(f"{self.source}: the pickle uses persistent ids", got=summary(pid),
                                         fix="Save PyTorch files with torch.save and load them as .pt."))
+
+    def _load_storage(self, data: Any) -> LoadedStorage:
+        """Stand-in for ``torch.storage._load_from_bytes``: one legacy ``torch.save`` storage, bounded."""
+        storage = load_storage_blob(data, used=self._storage_bytes, source=self.source)
+        self._storage_bytes += storage.flat.numel() * storage.flat.element_size()
+        return storage
+
+    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *_ignored: Any) -> torch.Tensor:
+        """Stand-in for ``torch._utils._rebuild_tensor_v2``: a view inside an already loaded storage."""
+        if not isinstance(storage, LoadedStorage):
+            raise WeightFileError(explain(f"{self.source}: malformed tensor", got=summary(storage),
+                                          expected="a storage"))
+        offset, size, stride = check_view(storage.flat.numel(), offset, size, stride, source=self.source)
+        return storage.flat.as_strided(size, stride, offset)
 
 
 def safe_unpickle(file: BinaryIO, *, source: str = "pickle") -> Any:
     """Unpickle ``file`` with :class:`SafeUnpickler`; truncated or foreign data raise WeightFileError."""
     try:
-        return SafeUnpickler(file).load()
-    except WeightFileError:  # UnsafePickleError included
+        return SafeUnpickler(file, source=source).load()
+    except OlamEditError:  # WeightFileError, UnsafePickleError, TensorFlowPickleError
         raise
+    except MemoryError as exc:
+        raise WeightFileError(explain(f"{source}: a size stated in the pickle does not fit in memory",
+                                      fix="The file is damaged or was crafted.")) from exc
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, RuntimeError) as exc:
+            AttributeError, RuntimeError, OverflowError, RecursionError) as exc:
         raise WeightFileError(explain(f"{source}: truncated or not a network pickle",
-                                      got=f"{type(exc).__name__}: {exc}"[:200],
-                                      fix="Download the file again.")) from exc
+                                      got=exception_text(exc), fix="Download the file again.")) from exc
