@@ -1,8 +1,9 @@
 """An in-memory, Hugging Face Hub-compatible HTTP server for tests.
 
 ``FakeHub`` serves the subset of the Hub HTTP API that ``huggingface_hub`` (pinned 2.4.0) uses to
-create repos, commit files and download them again, on ``127.0.0.1`` and a free port, from a
-background thread. It uses only the standard library and keeps everything in memory.
+create repos, commit files and download them again, on ``127.0.0.1`` and two free ports (the Hub
+and its storage host), from background threads. It uses only the standard library and keeps
+everything in memory.
 
 Typical use with the real client::
 
@@ -17,15 +18,31 @@ What it models:
 
 * repos of type model, dataset and space, each holding commits (full file snapshots), branches,
   tags and pull requests (``refs/pr/N``);
-* ``preupload`` answers ``uploadMode: "regular"`` for every file, so file bytes always travel
-  base64-inline in the NDJSON commit body: no LFS or Xet transfer ever happens;
+* the Hub's two upload paths. ``preupload`` answers ``"lfs"`` for a file that is larger than
+  ``lfs_threshold`` (10 MiB, the Hub's limit for plain git files), that a ``filter=lfs`` rule of
+  the revision's ``.gitattributes`` tracks (new repos start with ``*.safetensors``, ``*.bin`` and
+  ``*.pt`` rules), or whose 512-byte sample looks binary (a NUL byte or invalid UTF-8), and
+  ``"regular"`` otherwise. Regular files travel base64-inline in the NDJSON commit (binary or large
+  ones are refused there, as the Hub refuses them). LFS files go through the git LFS batch API
+  (``POST /{repo}.git/info/lfs/objects/batch``, "basic" transfer): each object is PUT to a signed
+  URL on a second port (the storage host, like the Hub's S3 bucket), which checks its size and
+  sha256, then verified (``.../objects/verify``), then committed as an ``lfsFile`` pointer; a commit
+  naming an object that was not uploaded, or with another size, is refused. Downloads of LFS files
+  answer ``resolve`` with a 302 to a signed storage URL carrying ``X-Linked-Etag`` (the sha256),
+  ``X-Linked-Size`` and ``X-Repo-Commit``, as the Hub redirects to its CDN;
+* Xet is never advertised (no ``X-Xet-*`` header, no Xet token route). huggingface_hub 2.4.0 picks
+  Xet on its own whenever ``hf_xet`` is installed, so ``hf_sandbox`` sets ``HF_HUB_DISABLE_XET``;
+* a repeated ``create_repo`` answers 409 with the repo's ``url`` in the body (``exist_ok=True``
+  reads it);
 * the error headers (``X-Error-Code``/``X-Error-Message``) that the client maps to
   ``RepositoryNotFoundError``, ``RevisionNotFoundError`` and ``RemoteEntryNotFoundError``;
 * bearer-token auth for every write; an invalid token is refused on every request;
-* a request log (``FakeHub.requests``) and fault injection (``FakeHub.fail_next``).
+* a request log (``FakeHub.requests``, storage requests included), a log of stored LFS objects
+  (``FakeHub.lfs_uploads``) and fault injection (``FakeHub.fail_next``).
 
-Not modelled: LFS/Xet uploads, Hub-side size limits and YAML validation, namespace permissions,
-rate limits, gated repos, ``paths-info``, file copies between repos.
+Not modelled: Xet storage, the LFS "multipart" transfer and the batch "download" operation,
+Hub-side YAML validation, namespace permissions, rate limits, gated repos, ``paths-info``, file
+copies between repos.
 
 Importing this module has no side effects: the server starts only when asked to. Register the
 fixtures with ``pytest_plugins = ["hub_server"]`` (tests/ must be on ``sys.path``, as with pytest's
@@ -37,22 +54,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
+import fnmatch
 import hashlib
+import hmac
 import importlib
 import json
 import re
+import secrets
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import pytest
 
@@ -60,14 +81,25 @@ DEFAULT_TOKEN = "hf_test_token"
 DEFAULT_USER = "test-user"
 HOST = "127.0.0.1"
 MAX_BODY_BYTES = 256 * 1024 * 1024
+MAX_CHUNKS = 1 << 20  # chunks of one chunked body
+MAX_TRAILERS = 64  # trailer lines after the last chunk
 DEFAULT_TREE_PAGE_SIZE = 1000
 
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 DROP_KINDS = ("drop", "drop_after")
+BODY_KINDS = ("corrupt", "truncate")  # alter the received body before it is processed
+
+LFS_THRESHOLD = 10 * 1024 * 1024  # larger files must go through LFS, as on the Hub
+SAMPLE_SIZE = 512  # bytes of a file the client sends to preupload (and the server sniffs)
+STORAGE_PREFIX = "lfs-storage"  # first path segment of every URL on the storage host
+SIGNED_URL_SECONDS = 3600
+LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
+LFS_SPEC = "https://git-lfs.github.com/spec/v1"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _OID_RE = re.compile(r"[0-9a-f]{40}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _PR_REF_RE = re.compile(r"refs/pr/(\d+)")
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -139,18 +171,90 @@ def _parent_dirs(path: str) -> Iterator[str]:
         yield "/".join(parts[:index])
 
 
-def _tree_oid(files: Mapping[str, bytes], folder: str) -> str:
-    """Return a stable pseudo git tree id for ``folder`` (changes whenever a file below it changes)."""
-    prefix = f"{folder}/"
-    digest = hashlib.sha1(b"tree\0")
-    for path in sorted(p for p in files if p.startswith(prefix)):
-        digest.update(f"{path}\0{git_blob_oid(files[path])}\n".encode())
-    return digest.hexdigest()
-
-
 def _is_true(value: str | None) -> bool:
     """Parse a boolean query parameter as the Hub does (``1``/``true``)."""
     return value is not None and value.lower() in ("1", "true")
+
+
+# ------------------------------------------------------------------------------------------- git LFS
+
+
+def lfs_pointer(data: bytes) -> bytes:
+    """Return the git LFS pointer file that stands for ``data`` in git (what the Hub stores in the tree)."""
+    return f"version {LFS_SPEC}\noid sha256:{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n".encode()
+
+
+def looks_binary(sample: bytes) -> bool:
+    """Whether a file's first bytes look binary: a NUL byte, or bytes that are not UTF-8.
+
+    A multi-byte character cut at the end of the sample does not count (the sample is a prefix).
+    """
+    if b"\0" in sample:
+        return True
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def lfs_rules(gitattributes: bytes | None) -> list[tuple[str, bool]]:
+    """Return ``(pattern, tracked)`` for every ``.gitattributes`` line that sets or unsets ``filter``.
+
+    ``filter=lfs`` tracks; ``-filter``, ``!filter`` or another filter untracks. Later lines win.
+    """
+    rules: list[tuple[str, bool]] = []
+    for line in (gitattributes or b"").decode("utf-8", "replace").splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        for attribute in words[1:]:
+            if attribute == "filter=lfs":
+                rules.append((words[0], True))
+            elif attribute in ("-filter", "!filter") or attribute.startswith("filter="):
+                rules.append((words[0], False))
+    return rules
+
+
+def tracked_by_lfs(path: str, rules: Iterable[tuple[str, bool]]) -> bool:
+    """Whether the last rule matching ``path`` (gitignore-style patterns) tracks it with LFS."""
+    tracked = False
+    for pattern, value in rules:
+        if _attribute_pattern_matches(pattern, path):
+            tracked = value
+    return tracked
+
+
+def _attribute_pattern_matches(pattern: str, path: str) -> bool:
+    """Match a ``.gitattributes`` pattern: without ``/`` it matches the file name at any depth,
+    with one it matches the whole path from the repo root (``*`` stays within a folder, ``**``
+    crosses folders; ``[...]`` classes are only supported in patterns without ``/``)."""
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
+    regex: list[str] = []
+    index, pattern = 0, pattern.lstrip("/")
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            regex.append("(?:.*/)?")
+            index += 3
+        elif pattern.startswith("**", index):
+            regex.append(".*")
+            index += 2
+        else:
+            char = pattern[index]
+            regex.append({"*": "[^/]*", "?": "[^/]"}.get(char, re.escape(char)))
+            index += 1
+    return re.fullmatch("".join(regex), path) is not None
+
+
+@dataclass(frozen=True)
+class LfsUpload:
+    """One LFS object the storage host accepted (its size and sha256 checked)."""
+
+    repo_type: str
+    repo_id: str
+    oid: str
+    size: int
 
 
 # ----------------------------------------------------------------------------------------- data model
@@ -158,7 +262,11 @@ def _is_true(value: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Commit:
-    """One commit: metadata plus the full snapshot of the repo's files after it."""
+    """One commit: metadata plus the full snapshot of the repo's files after it.
+
+    ``files`` holds every file's content, LFS files included; ``lfs`` names the files that git
+    stores as LFS pointers (their content lives in the repo's LFS object store too).
+    """
 
     oid: str
     parent: str | None
@@ -167,6 +275,31 @@ class Commit:
     author: str
     date: str
     files: Mapping[str, bytes]
+    lfs: frozenset[str] = frozenset()
+
+    def blob_oid(self, path: str) -> str:
+        """The git blob id of ``path`` in the tree: of its LFS pointer for an LFS file."""
+        data = self.files[path]
+        return git_blob_oid(lfs_pointer(data) if path in self.lfs else data)
+
+    def content_oid(self, path: str) -> str:
+        """The id preupload reports for an existing file: the sha256 of an LFS file, else the blob id."""
+        return hashlib.sha256(self.files[path]).hexdigest() if path in self.lfs else self.blob_oid(path)
+
+    def lfs_info(self, path: str, sha_key: str = "oid") -> dict[str, Any] | None:
+        """The ``lfs`` block of a tree entry (``sha_key="oid"``) or a sibling (``"sha256"``); None if regular."""
+        if path not in self.lfs:
+            return None
+        data = self.files[path]
+        return {sha_key: hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": len(lfs_pointer(data))}
+
+    def tree_oid(self, folder: str) -> str:
+        """A stable pseudo git tree id for ``folder`` (changes whenever a file below it changes)."""
+        prefix = f"{folder}/"
+        digest = hashlib.sha1(b"tree\0")
+        for path in sorted(p for p in self.files if p.startswith(prefix)):
+            digest.update(f"{path}\0{self.blob_oid(path)}\n".encode())
+        return digest.hexdigest()
 
 
 @dataclass
@@ -196,6 +329,7 @@ class Repo:
     tags: dict[str, str] = field(default_factory=dict)
     pr_heads: dict[int, str] = field(default_factory=dict)
     discussions: dict[int, Discussion] = field(default_factory=dict)
+    lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content, committed or not
 
     @property
     def url_path(self) -> str:
@@ -290,6 +424,7 @@ class _Request:
     query_string: str
     headers: Message
     body: bytes
+    host: str = "hub"  # which of the two servers received it: "hub" or "storage"
 
     @property
     def path(self) -> str:
@@ -340,11 +475,18 @@ def _error_response(error: HubError) -> _Response:
 
 @dataclass(frozen=True)
 class _Operation:
-    """One operation from an NDJSON commit body: ``file``, ``deletedFile`` or ``deletedFolder``."""
+    """One operation from an NDJSON commit body: ``file``, ``lfsFile``, ``deletedFile`` or ``deletedFolder``.
+
+    An ``lfsFile`` carries the object's ``oid`` (sha256) and ``size``; it becomes a ``file`` with
+    ``lfs=True`` and the object's content once the server has found the uploaded object.
+    """
 
     key: str
     path: str
     content: bytes = b""
+    lfs: bool = False
+    oid: str | None = None
+    size: int | None = None
 
 
 def parse_commit_payload(body: bytes) -> tuple[dict[str, Any], list[_Operation]]:
@@ -394,29 +536,50 @@ def _parse_operation(item: dict[str, Any]) -> _Operation:
     if key in ("deletedFile", "deletedFolder"):
         return _Operation(key, check_repo_path(value.get("path"), folder=key == "deletedFolder"))
     if key == "lfsFile":
-        raise HubError(400, "FakeHub does not store LFS files (preupload always answers 'regular')")
+        return _parse_lfs_operation(value)
     raise HubError(400, f"Unknown commit operation key: {key!r}")
 
 
-def apply_operations(files: Mapping[str, bytes], operations: Iterable[_Operation]) -> dict[str, bytes]:
-    """Return a new snapshot with ``operations`` applied to ``files``; ``files`` is left untouched."""
-    snapshot = dict(files)
+def _parse_lfs_operation(value: dict[str, Any]) -> _Operation:
+    """Validate an ``lfsFile`` value: ``path``, ``algo: sha256``, a sha256 ``oid`` and a ``size``.
+
+    ``size`` may be absent (the client leaves it out for server-side copies); it is checked when given.
+    """
+    oid, size = value.get("oid"), value.get("size")
+    if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or not _SHA256_RE.fullmatch(oid):
+        raise HubError(400, "An LFS file ('lfsFile') needs algo 'sha256' and a 64-hex 'oid'")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise HubError(400, f"An LFS file ('lfsFile') needs a non-negative integer 'size', not {size!r}")
+    return _Operation("lfsFile", check_repo_path(value.get("path")), oid=oid, size=size)
+
+
+def apply_operations(
+    files: Mapping[str, bytes], operations: Iterable[_Operation], lfs: Iterable[str] = ()
+) -> tuple[dict[str, bytes], frozenset[str]]:
+    """Return a new snapshot and its set of LFS paths with ``operations`` applied; inputs are left untouched.
+
+    ``lfsFile`` operations must have been turned into ``file`` operations with ``lfs=True`` first.
+    """
+    snapshot, lfs_paths = dict(files), set(lfs)
     for operation in operations:
         if operation.key == "file":
             _check_no_file_folder_clash(snapshot, operation.path)
             snapshot[operation.path] = operation.content
+            (lfs_paths.add if operation.lfs else lfs_paths.discard)(operation.path)
         elif operation.key == "deletedFile":
             if operation.path not in snapshot:
                 raise _not_found(f"A file with this name doesn't exist: {operation.path}", "EntryNotFound")
             del snapshot[operation.path]
-        else:
+        elif operation.key == "deletedFolder":
             prefix = f"{operation.path}/"
             doomed = [path for path in snapshot if path.startswith(prefix)]
             if not doomed:
                 raise _not_found(f"A folder with this name doesn't exist: {operation.path}", "EntryNotFound")
             for path in doomed:
                 del snapshot[path]
-    return snapshot
+        else:
+            raise ValueError(f"unresolved {operation.key} operation for {operation.path!r}")
+    return snapshot, frozenset(path for path in lfs_paths if path in snapshot)
 
 
 def _check_no_file_folder_clash(files: Mapping[str, bytes], path: str) -> None:
@@ -432,13 +595,17 @@ def _check_no_file_folder_clash(files: Mapping[str, bytes], path: str) -> None:
 
 
 class _HubHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server that knows its ``FakeHub`` and can close its open connections."""
+    """A threading HTTP server that knows its ``FakeHub`` and can close its open connections.
+
+    ``role`` is ``"hub"`` (the Hub's API and ``resolve``) or ``"storage"`` (the LFS object host).
+    """
 
     daemon_threads = True
 
-    def __init__(self, hub: FakeHub) -> None:
+    def __init__(self, hub: FakeHub, role: str) -> None:
         super().__init__((HOST, 0), _HubRequestHandler)
         self.hub = hub
+        self.role = role
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
 
@@ -516,6 +683,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             query_string=split.query,
             headers=self.headers,
             body=body,
+            host=self.server.role,
         )
         response, fault = hub._respond(request)
         if response is None or fault == "drop_after":
@@ -539,24 +707,28 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         return self.rfile.read(size)
 
     def _read_chunked(self) -> bytes:
-        """Read a ``Transfer-Encoding: chunked`` body."""
+        """Read a ``Transfer-Encoding: chunked`` body (at most MAX_CHUNKS chunks and MAX_BODY_BYTES bytes)."""
         chunks: list[bytes] = []
         total = 0
-        while True:
+        for _ in range(MAX_CHUNKS):
             line = self.rfile.readline(1024).split(b";")[0].strip()
             try:
                 size = int(line, 16)
             except ValueError as error:
                 raise HubError(400, "Malformed chunked body") from error
+            if size < 0:
+                raise HubError(400, "Malformed chunked body: negative chunk size")
             if size == 0:
-                while self.rfile.readline(1024).strip():
-                    pass  # trailers
-                return b"".join(chunks)
+                for _ in range(MAX_TRAILERS):
+                    if not self.rfile.readline(1024).strip():
+                        return b"".join(chunks)
+                raise HubError(400, "Too many trailer lines in a chunked body")
             total += size
             if total > MAX_BODY_BYTES:
                 raise HubError(413, "Request body too large")
             chunks.append(self.rfile.read(size))
             self.rfile.readline(1024)
+        raise HubError(413, "Too many chunks in a chunked body")
 
     def _send(self, response: _Response) -> None:
         """Write status, headers and (except for HEAD) the body."""
@@ -583,9 +755,12 @@ class FakeHub:
         user: default username (the namespace of ``create_repo("name")`` without a namespace).
         tree_page_size: entries per page of ``/tree`` listings (the client follows ``Link`` headers).
         initial_gitattributes: start new repos with a ``.gitattributes`` commit, as the Hub does.
+        lfs_threshold: files larger than this many bytes must go through LFS (the Hub: 10 MiB).
+        max_lfs_size: the largest LFS object the batch API accepts (larger ones get an object error).
 
     Use ``start()``/``stop()`` or ``with FakeHub() as hub:``. ``endpoint`` is the base URL to give the
-    client, ``token`` a valid token.
+    client, ``token`` a valid token; ``storage_endpoint`` is the LFS storage host the server hands out
+    signed URLs for.
     """
 
     def __init__(
@@ -595,6 +770,8 @@ class FakeHub:
         user: str = DEFAULT_USER,
         tree_page_size: int = DEFAULT_TREE_PAGE_SIZE,
         initial_gitattributes: bool = True,
+        lfs_threshold: int = LFS_THRESHOLD,
+        max_lfs_size: int = MAX_BODY_BYTES,
     ) -> None:
         if tokens is None:
             tokens = {DEFAULT_TOKEN: user}
@@ -602,38 +779,43 @@ class FakeHub:
         self.user = user
         self.tree_page_size = tree_page_size
         self.initial_gitattributes = initial_gitattributes
+        self.lfs_threshold = lfs_threshold
+        self.max_lfs_size = max_lfs_size
         self.requests: list[RequestRecord] = []
+        self.lfs_uploads: list[LfsUpload] = []  # every object the storage host accepted, in order
         self.server_errors: list[str] = []  # tracebacks of FakeHub bugs (answered as HTTP 500)
         self.repos: dict[tuple[str, str], Repo] = {}
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
         self._sequence = 0
-        self._server: _HubHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._secret = secrets.token_bytes(32)  # signs the storage URLs
+        self._servers: dict[str, _HubHTTPServer] = {}
+        self._threads: list[threading.Thread] = []
 
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> FakeHub:
-        """Bind a free port on 127.0.0.1 and serve from a daemon thread. Returns ``self``."""
-        if self._server is not None:
+        """Bind two free ports on 127.0.0.1 (Hub, storage) and serve each from a daemon thread. Returns ``self``."""
+        if self._servers:
             raise RuntimeError("FakeHub is already running")
-        self._server = _HubHTTPServer(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
-        )
-        self._thread.start()
+        for role in ("hub", "storage"):
+            server = _HubHTTPServer(self, role)
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-hub-{role}", daemon=True
+            )
+            thread.start()
+            self._servers[role], self._threads = server, [*self._threads, thread]
         return self
 
     def stop(self) -> None:
-        """Stop serving, close open connections and release the port. Safe to call twice."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
+        """Stop serving, close open connections and release the ports. Safe to call twice."""
+        servers, threads = list(self._servers.values()), self._threads
+        self._servers, self._threads = {}, []
+        for server in servers:
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        for thread in threads:
             thread.join(timeout=5)
 
     def __enter__(self) -> FakeHub:
@@ -642,17 +824,31 @@ class FakeHub:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def _port_of(self, role: str) -> int:
+        """The TCP port of the ``role`` server."""
+        if role not in self._servers:
+            raise RuntimeError("FakeHub is not running")
+        return self._servers[role].server_address[1]
+
     @property
     def port(self) -> int:
-        """The TCP port the server listens on."""
-        if self._server is None:
-            raise RuntimeError("FakeHub is not running")
-        return self._server.server_address[1]
+        """The TCP port the Hub listens on."""
+        return self._port_of("hub")
+
+    @property
+    def storage_port(self) -> int:
+        """The TCP port of the LFS storage host (another origin, as the Hub's S3 bucket and CDN are)."""
+        return self._port_of("storage")
 
     @property
     def endpoint(self) -> str:
         """Base URL for ``HfApi(endpoint=...)`` / ``hf_hub_download(endpoint=...)``."""
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def storage_endpoint(self) -> str:
+        """Base URL of the LFS storage host."""
+        return f"http://{HOST}:{self.storage_port}"
 
     @property
     def token(self) -> str:
@@ -667,14 +863,17 @@ class FakeHub:
         """Fail the next ``count`` requests whose path contains ``path_contains`` (and method matches).
 
         ``kind`` is an HTTP status (e.g. 500, 503, 401: answered with a JSON error body), ``"drop"``
-        (close the connection without answering; nothing is processed) or ``"drop_after"`` (process
-        the request, then close without answering: a lost response). Faults are checked in the order
-        they were added. The client retries some requests (5xx, dropped connections), so pass a
-        ``count`` larger than its retries to make a failure permanent. Returns the ``Fault``, whose
-        ``hits`` tells how many requests it failed.
+        (close the connection without answering; nothing is processed), ``"drop_after"`` (process
+        the request, then close without answering: a lost response), ``"corrupt"`` (flip the last
+        byte of the received body, then process it: bytes damaged in transit) or ``"truncate"``
+        (drop the body's last byte, then process it). Faults are checked in the order they were
+        added; storage-host requests (``/lfs-storage/...``) are matched like any other. The client
+        retries some requests (5xx, dropped connections), so pass a ``count`` larger than its
+        retries to make a failure permanent. Returns the ``Fault``, whose ``hits`` tells how many
+        requests it failed.
         """
-        if not (isinstance(kind, int) and 400 <= kind <= 599) and kind not in DROP_KINDS:
-            raise ValueError(f"kind must be an HTTP error status or one of {DROP_KINDS}, not {kind!r}")
+        if not (isinstance(kind, int) and 400 <= kind <= 599) and kind not in DROP_KINDS + BODY_KINDS:
+            raise ValueError(f"kind must be an HTTP error status or one of {DROP_KINDS + BODY_KINDS}, not {kind!r}")
         if count < 1:
             raise ValueError("count must be >= 1")
         fault = Fault(kind, count, path_contains, method)
@@ -721,6 +920,19 @@ class FakeHub:
         with self._lock:
             return self.repo(repo_id, repo_type).resolve(revision).oid
 
+    def lfs_files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, str]:
+        """Return ``{path: sha256}`` of the files stored as LFS pointers at ``revision``."""
+        with self._lock:
+            commit = self.repo(repo_id, repo_type).resolve(revision)
+            return {path: hashlib.sha256(commit.files[path]).hexdigest() for path in sorted(commit.lfs)}
+
+    def wants_lfs(self, path: str, size: int, sample: bytes, gitattributes: bytes | None) -> bool:
+        """Whether the Hub would have a file uploaded through LFS: it is not empty and it is larger than
+        ``lfs_threshold``, tracked by a ``filter=lfs`` rule of ``gitattributes``, or binary-looking."""
+        if size == 0:
+            return False  # the client sends empty files inline whatever the answer
+        return size > self.lfs_threshold or tracked_by_lfs(path, lfs_rules(gitattributes)) or looks_binary(sample)
+
     def create_repo(self, repo_id: str, repo_type: str = "model", *, private: bool = False) -> Repo:
         """Create a repo directly (no HTTP); it gets the initial commit like one made by the client."""
         with self._lock:
@@ -736,13 +948,25 @@ class FakeHub:
         branch: str = "main",
         repo_type: str = "model",
     ) -> str:
-        """Commit files directly (no HTTP), creating the repo if needed. Returns the new commit oid."""
-        operations = [_Operation("file", check_repo_path(path), data) for path, data in (add or {}).items()]
-        operations += [_Operation("deletedFile", check_repo_path(path)) for path in delete]
+        """Commit files directly (no HTTP), creating the repo if needed. Returns the new commit oid.
+
+        Each added file is stored as LFS exactly when an upload through the client would be
+        (:meth:`wants_lfs` with the branch's ``.gitattributes``), so downloads take the same path.
+        """
         with self._lock:
             repo = self.repos.get((repo_type, repo_id)) or self._create_repo(repo_type, repo_id, False, self.user)
             parent = repo.resolve(branch)
-            commit = self._new_commit(repo, parent, apply_operations(parent.files, operations), message)
+            attributes = parent.files.get(".gitattributes")
+            operations = []
+            for name, data in (add or {}).items():
+                path = check_repo_path(name)
+                lfs = self.wants_lfs(path, len(data), data[:SAMPLE_SIZE], attributes)
+                if lfs:
+                    repo.lfs_objects[hashlib.sha256(data).hexdigest()] = data
+                operations.append(_Operation("file", path, data, lfs=lfs))
+            operations += [_Operation("deletedFile", check_repo_path(path)) for path in delete]
+            files, lfs_paths = apply_operations(parent.files, operations, parent.lfs)
+            commit = self._new_commit(repo, parent, files, message, lfs=lfs_paths)
             repo.branches[branch] = commit.oid
             return commit.oid
 
@@ -775,6 +999,9 @@ class FakeHub:
             error = HubError(fault.kind, f"Injected fault: HTTP {fault.kind}")
             response = _error_response(error)
         else:
+            if fault is not None and fault.kind in BODY_KINDS and request.body:
+                damaged = request.body[:-1] + bytes([request.body[-1] ^ 0xFF])
+                request = replace(request, body=request.body[:-1] if fault.kind == "truncate" else damaged)
             response = self._dispatch_safely(request)
         status = None if fault_name == "drop_after" else response.status
         self._record(request.method, request.path, request.query_string, status, fault_name)
@@ -792,10 +1019,17 @@ class FakeHub:
             return _error_response(HubError(500, f"FakeHub internal error: {error!r}"))
 
     def _dispatch(self, request: _Request) -> _Response:
-        """Route a request to its handler."""
+        """Route a request to its handler: the storage host, the API, the git LFS endpoints or ``resolve``."""
         segments = request.segments
+        if request.host == "storage":
+            return self._dispatch_storage(request)
         if segments[:1] == ["api"]:
             return self._dispatch_api(request, segments[1:])
+        lfs_route = _lfs_route(segments)
+        if lfs_route is not None and request.method == "POST":
+            repo_type, repo_id, action = lfs_route
+            handler = self._lfs_batch if action == "batch" else self._lfs_verify
+            return handler(request, repo_type, repo_id)
         return self._resolve_file(request, segments)
 
     def _dispatch_api(self, request: _Request, segments: list[str]) -> _Response:
@@ -829,6 +1063,8 @@ class FakeHub:
             ("POST", "tag"): self._api_create_tag,
             ("POST", "discussions"): self._api_create_discussion,
             ("GET", "discussions"): self._api_discussion,
+            ("GET", "xet-write-token"): self._api_no_xet,
+            ("GET", "xet-read-token"): self._api_no_xet,
         }
         route = routes.get((request.method, rest[0] if rest else ""))
         if route is None:
@@ -884,8 +1120,12 @@ class FakeHub:
         title: str,
         description: str = "",
         author: str | None = None,
+        lfs: Iterable[str] = (),
     ) -> Commit:
-        """Store a new commit with a fresh 40-hex oid (refs are updated by the caller)."""
+        """Store a new commit with a fresh 40-hex oid (refs are updated by the caller).
+
+        ``lfs`` names the paths of ``files`` stored as LFS pointers.
+        """
         self._sequence += 1
         digest = hashlib.sha1(f"commit {self._sequence}\0{repo.repo_id}\0{title}\0{description}\0".encode())
         digest.update((parent.oid if parent else "").encode())
@@ -899,6 +1139,7 @@ class FakeHub:
             author=author or self.user,
             date=_now_iso(),
             files=dict(files),
+            lfs=frozenset(path for path in lfs if path in files),
         )
         repo.commits[commit.oid] = commit
         return commit
@@ -953,10 +1194,13 @@ class FakeHub:
         repo = self._find_repo(request, repo_type, repo_id)
         commit = repo.resolve("/".join(rest) if rest else "main")
         blobs = _is_true(request.param("blobs"))
-        siblings = [
-            {"rfilename": path, **({"size": len(data), "blobId": git_blob_oid(data)} if blobs else {})}
-            for path, data in sorted(commit.files.items())
-        ]
+        siblings = [{"rfilename": path} for path in sorted(commit.files)]
+        for sibling in siblings if blobs else []:
+            path = sibling["rfilename"]
+            sibling.update(size=len(commit.files[path]), blobId=commit.blob_oid(path))
+            lfs = commit.lfs_info(path, sha_key="sha256")
+            if lfs is not None:
+                sibling["lfs"] = lfs
         info: dict[str, Any] = {
             "_id": hashlib.md5(repo.url_path.encode()).hexdigest()[:24],
             "id": repo_id,
@@ -983,7 +1227,7 @@ class FakeHub:
             raise HubError(400, "Missing revision")
         commit = repo.resolve(rest[0])
         base = "/".join(rest[1:]).strip("/")
-        entries = _tree_entries(commit.files, base, _is_true(request.param("recursive")))
+        entries = _tree_entries(commit, base, _is_true(request.param("recursive")))
         cursor = request.param("cursor") or "0"
         if not cursor.isdigit():
             raise HubError(400, f"Invalid cursor: {cursor!r}")
@@ -1033,7 +1277,10 @@ class FakeHub:
         )
 
     def _resolve_file(self, request: _Request, segments: list[str]) -> _Response:
-        """``HEAD|GET /[datasets/|spaces/]{id}/resolve/{rev}/{path}``: raw file with Hub headers."""
+        """``HEAD|GET /[datasets/|spaces/]{id}/resolve/{rev}/{path}``: raw file with Hub headers.
+
+        An LFS file is answered with a 302 to the storage host instead (see ``_lfs_redirect``).
+        """
         repo_type = "model"
         if segments and segments[0] in ("datasets", "spaces"):
             repo_type, segments = REPO_TYPES[segments[0]], segments[1:]
@@ -1044,6 +1291,8 @@ class FakeHub:
         path = "/".join(segments[4:])
         if path not in commit.files:
             raise _not_found(f"Entry not found: {path}", "EntryNotFound", **{"X-Repo-Commit": commit.oid})
+        if path in commit.lfs:
+            return self._lfs_redirect(repo, commit, path)
         data = commit.files[path]
         headers = {
             "Content-Type": "application/octet-stream",
@@ -1061,26 +1310,27 @@ class FakeHub:
     # ------------------------------------------------------------- repo writes
 
     def _api_preupload(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
-        """``POST .../preupload/{rev}``: every file is "regular"; ``oid`` lets the client skip no-ops."""
+        """``POST .../preupload/{rev}``: "lfs" or "regular" per file (:meth:`wants_lfs`, with the revision's
+        ``.gitattributes``); ``oid`` (the sha256 of an LFS file, else its blob id) lets the client skip no-ops."""
         repo = self._find_repo(request, repo_type, repo_id, write=True)
         commit = repo.resolve("/".join(rest) if rest else "main")
         files = request.json().get("files")
         if not isinstance(files, list):
             raise HubError(400, "'files' must be a list")
+        attributes = commit.files.get(".gitattributes")
         answer = []
         for item in files:
-            if not isinstance(item, dict) or not isinstance(item.get("size"), int):
-                raise HubError(400, "Each file needs 'path', 'sample' and an integer 'size'")
-            if not isinstance(item.get("sample"), str):
-                raise HubError(400, "Each file needs a base64 'sample'")
+            if not isinstance(item, dict) or not isinstance(item.get("size"), int) or item["size"] < 0:
+                raise HubError(400, "Each file needs 'path', 'sample' and a non-negative integer 'size'")
+            sample = _decode_sample(item.get("sample"))
             path = check_repo_path(item.get("path"))
-            existing = commit.files.get(path)
-            oid = git_blob_oid(existing) if existing is not None else None
-            answer.append({"path": path, "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
+            mode = "lfs" if self.wants_lfs(path, item["size"], sample, attributes) else "regular"
+            oid = commit.content_oid(path) if path in commit.files else None
+            answer.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
         return _json_response({"files": answer, "commitOid": commit.oid})
 
     def _api_commit(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
-        """``POST .../commit/{rev}[?create_pr=1]``: NDJSON header + file/deletedFile/deletedFolder lines."""
+        """``POST .../commit/{rev}[?create_pr=1]``: NDJSON header + file/lfsFile/deletedFile/deletedFolder lines."""
         user = self._require_user(request)
         repo = self._find_repo(request, repo_type, repo_id, write=True)
         if request.headers.get("Content-Type", "").split(";")[0].strip() != "application/x-ndjson":
@@ -1092,8 +1342,8 @@ class FakeHub:
         expected_parent = header.get("parentCommit")
         if expected_parent is not None and expected_parent != parent.oid:
             raise HubError(412, "A commit has happened since. Please refresh and try again.")
-        files = apply_operations(parent.files, operations)
-        commit = self._new_commit(repo, parent, files, header["summary"], header.get("description") or "", user)
+        files, lfs = apply_operations(parent.files, self._resolve_operations(repo, operations), parent.lfs)
+        commit = self._new_commit(repo, parent, files, header["summary"], header.get("description") or "", user, lfs)
         pr_url = None
         if create_pr:
             discussion = self._open_discussion(repo, header["summary"], "", user, True, revision)
@@ -1213,9 +1463,230 @@ class FakeHub:
             details["filesWithConflicts"] = []
         return _json_response(details)
 
+    def _api_no_xet(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``GET .../xet-{write,read}-token/{rev}``: there is no Xet storage here (none is advertised)."""
+        self._find_repo(request, repo_type, repo_id)
+        raise HubError(501, "FakeHub has no Xet storage: set HF_HUB_DISABLE_XET=1 so that the client uploads "
+                            "through the LFS batch API (the hf_sandbox fixture does)")
 
-def _tree_entries(files: Mapping[str, bytes], base: str, recursive: bool) -> list[dict[str, Any]]:
-    """List the folders and files under ``base`` (direct children, or all descendants if recursive)."""
+    # ------------------------------------------------------------- git LFS
+
+    def _resolve_operations(self, repo: Repo, operations: list[_Operation]) -> list[_Operation]:
+        """Turn each ``lfsFile`` into a ``file`` holding the uploaded object; refuse what the Hub refuses.
+
+        An ``lfsFile`` must name an object uploaded to this repo, with the same size (and the stored
+        bytes must still hash to its oid); a regular ``file`` must be neither binary nor larger than
+        ``lfs_threshold``, since those must travel through LFS.
+        """
+        resolved = []
+        for operation in operations:
+            if operation.key == "file":
+                content = operation.content
+                if len(content) > self.lfs_threshold or looks_binary(content[:SAMPLE_SIZE]):
+                    what = "binary" if looks_binary(content[:SAMPLE_SIZE]) else f"over {self.lfs_threshold} bytes"
+                    raise HubError(400, f"Your push was rejected: {operation.path!r} is {what}; upload it "
+                                        "through LFS (preupload answers 'lfs' for it)")
+            if operation.key != "lfsFile":
+                resolved.append(operation)
+                continue
+            data = repo.lfs_objects.get(operation.oid or "")
+            if data is None:
+                raise HubError(400, f"LFS file {operation.path!r} points to object {operation.oid}, which was "
+                                    "never uploaded to this repo (upload it through the LFS batch API first)")
+            if operation.size is not None and operation.size != len(data):
+                raise HubError(400, f"LFS file {operation.path!r} says {operation.size} bytes, but object "
+                                    f"{operation.oid} holds {len(data)}")
+            if hashlib.sha256(data).hexdigest() != operation.oid:
+                raise HubError(400, f"LFS object {operation.oid} is damaged: its bytes do not hash to its oid")
+            resolved.append(_Operation("file", operation.path, data, lfs=True))
+        return resolved
+
+    def _lfs_batch(self, request: _Request, repo_type: str, repo_id: str) -> _Response:
+        """``POST /{repo}.git/info/lfs/objects/batch``: upload instructions per object ("basic" transfer).
+
+        An object already stored (same oid and size) gets no actions, so the client skips it; a
+        new one gets a signed ``upload`` URL on the storage host and a ``verify`` URL on the Hub.
+        """
+        repo = self._find_repo(request, repo_type, repo_id, write=True)
+        payload = request.json()
+        if payload.get("operation") != "upload":
+            operation = payload.get("operation")
+            raise HubError(422, f"FakeHub's LFS batch API serves operation 'upload' only, not {operation!r}")
+        transfers = payload.get("transfers") or ["basic"]
+        if not isinstance(transfers, list) or "basic" not in transfers:
+            raise HubError(422, f"None of the transfers {transfers!r} is supported (this server offers 'basic')")
+        if payload.get("hash_algo", "sha256") != "sha256":
+            raise HubError(409, f"Unsupported hash algorithm {payload.get('hash_algo')!r} (this server uses sha256)")
+        objects = payload.get("objects")
+        if not isinstance(objects, list) or not objects:
+            raise HubError(422, "'objects' must be a non-empty list")
+        answer = {"transfer": "basic", "objects": [self._batch_object(repo, item) for item in objects],
+                  "hash_algo": "sha256"}
+        return _json_response(answer, **{"Content-Type": LFS_MEDIA_TYPE})
+
+    def _batch_object(self, repo: Repo, item: Any) -> dict[str, Any]:
+        """One object of a batch answer: actions, nothing (already stored) or an object error."""
+        oid = item.get("oid") if isinstance(item, dict) else None
+        size = item.get("size") if isinstance(item, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return _object_error(oid, 0, 422, f"Invalid object size {size!r}")
+        if not isinstance(oid, str) or not _SHA256_RE.fullmatch(oid):
+            return _object_error(oid, size, 422, f"Invalid object id {oid!r}: expected a sha256 in hex")
+        if size > self.max_lfs_size:
+            return _object_error(oid, size, 422, f"Object of {size} bytes is over the maximum file size of "
+                                                 f"{self.max_lfs_size} bytes")
+        stored = repo.lfs_objects.get(oid)
+        if stored is not None and len(stored) != size:
+            return _object_error(oid, size, 422, f"Object {oid} is stored with {len(stored)} bytes, not {size}")
+        if stored is not None:
+            return {"oid": oid, "size": size, "authenticated": True}
+        upload = self._signed_url("upload", self._storage_path(repo, oid), size)
+        verify = f"{self.endpoint}/{repo.url_path}.git/info/lfs/objects/verify"
+        actions = {"upload": {"href": upload, "expires_in": SIGNED_URL_SECONDS}, "verify": {"href": verify}}
+        return {"oid": oid, "size": size, "authenticated": True, "actions": actions}
+
+    def _lfs_verify(self, request: _Request, repo_type: str, repo_id: str) -> _Response:
+        """``POST /{repo}.git/info/lfs/objects/verify`` with ``{"oid", "size"}``: is the object stored, that size?"""
+        repo = self._find_repo(request, repo_type, repo_id, write=True)
+        payload = request.json()
+        oid, size = payload.get("oid"), payload.get("size")
+        stored = repo.lfs_objects.get(oid) if isinstance(oid, str) else None
+        if stored is None:
+            raise HubError(404, f"LFS object {oid} was not uploaded")
+        if size != len(stored):
+            raise HubError(422, f"LFS object {oid} holds {len(stored)} bytes, not {size}")
+        return _json_response({"success": True}, **{"Content-Type": LFS_MEDIA_TYPE})
+
+    def _lfs_redirect(self, repo: Repo, commit: Commit, path: str) -> _Response:
+        """``resolve`` of an LFS file: a 302 to a signed storage URL, the file's metadata on the redirect."""
+        data = commit.files[path]
+        oid = hashlib.sha256(data).hexdigest()
+        location = self._signed_url("download", self._storage_path(repo, oid, path.rsplit("/", 1)[-1]), len(data))
+        headers = {
+            "Location": location,
+            "ETag": f'"{commit.blob_oid(path)}"',
+            "X-Linked-Etag": f'"{oid}"',
+            "X-Linked-Size": str(len(data)),
+            "X-Repo-Commit": commit.oid,
+        }
+        return _Response(302, b"", headers)
+
+    # ------------------------------------------------------------- storage host
+
+    def _storage_path(self, repo: Repo, oid: str, filename: str | None = None) -> str:
+        """``/lfs-storage/{type}s/{ns}/{name}/{oid}`` (upload) or ``.../{oid}/{filename}`` (download)."""
+        type_segment = next(segment for segment, kind in REPO_TYPES.items() if kind == repo.repo_type)
+        return "/".join(["", STORAGE_PREFIX, type_segment, repo.repo_id, oid, *([filename] if filename else [])])
+
+    def _signature(self, verb: str, path: str, size: int, expires: str) -> str:
+        """The HMAC that makes a storage URL valid for one verb, path, size and expiry."""
+        return hmac.new(self._secret, f"{verb}\n{path}\n{size}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def _signed_url(self, verb: str, path: str, size: int) -> str:
+        """A storage-host URL for ``verb`` ("upload" or "download") of ``path``, valid SIGNED_URL_SECONDS."""
+        expires = str(int(time.time()) + SIGNED_URL_SECONDS)
+        query = urlencode({"size": size, "expires": expires, "signature": self._signature(verb, path, size, expires)})
+        return f"{self.storage_endpoint}{quote(path)}?{query}"
+
+    def _dispatch_storage(self, request: _Request) -> _Response:
+        """The storage host: ``PUT .../{oid}`` stores an object, ``GET|HEAD .../{oid}/{filename}`` serves one.
+
+        No token is needed (the client sends none there): every URL must carry a valid, unexpired
+        signature from a batch answer or a ``resolve`` redirect.
+        """
+        segments = request.segments
+        if segments[:1] != [STORAGE_PREFIX] or len(segments) not in (5, 6) or segments[1] not in REPO_TYPES:
+            raise HubError(404, f"No such key: {request.path}")
+        verb = "upload" if len(segments) == 5 else "download"
+        if request.method not in (("PUT",) if verb == "upload" else ("GET", "HEAD")):
+            raise HubError(405, f"{request.method} is not allowed on a storage {verb} URL")
+        size = self._check_signature(request, verb)
+        repo = self.repos.get((REPO_TYPES[segments[1]], f"{segments[2]}/{segments[3]}"))
+        if repo is None:
+            raise HubError(404, f"No such key: {request.path} (the repo is gone)")
+        if verb == "upload":
+            return self._store_object(repo, segments[4], size, request.body)
+        return self._serve_object(request, repo, segments[4], segments[5])
+
+    def _check_signature(self, request: _Request, verb: str) -> int:
+        """Check a storage URL's signature and expiry (403 otherwise); returns the size it was signed for."""
+        size, expires, signature = (request.param(name) or "" for name in ("size", "expires", "signature"))
+        if not size.isdigit() or not expires.isdigit() or not signature:
+            raise HubError(403, "Missing or malformed URL signature")
+        expected = self._signature(verb, request.path, int(size), expires)
+        if not hmac.compare_digest(expected, signature):
+            raise HubError(403, "The request signature we calculated does not match the signature you provided")
+        if int(expires) < time.time():
+            raise HubError(403, "Request has expired")
+        return int(size)
+
+    def _store_object(self, repo: Repo, oid: str, size: int, body: bytes) -> _Response:
+        """Store an uploaded LFS object after checking its size and sha256 against the signed URL."""
+        if len(body) != size:
+            raise HubError(400, f"Received {len(body)} bytes for LFS object {oid}, but its upload was announced "
+                                f"with {size}")
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != oid:
+            raise HubError(400, f"The uploaded bytes have sha256 {digest}, not the object id {oid}")
+        repo.lfs_objects[oid] = body
+        self.lfs_uploads.append(LfsUpload(repo.repo_type, repo.repo_id, oid, size))
+        return _Response(200, b"", {"ETag": f'"{hashlib.md5(body, usedforsecurity=False).hexdigest()}"'})
+
+    def _serve_object(self, request: _Request, repo: Repo, oid: str, filename: str) -> _Response:
+        """Serve a stored LFS object (with ``Range`` support), as the Hub's CDN does."""
+        data = repo.lfs_objects.get(oid)
+        if data is None:
+            raise HubError(404, f"No such key: {oid}")
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "ETag": f'"{oid}"',
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Length": str(len(data)),
+        }
+        range_header = request.headers.get("Range")
+        if range_header is None:
+            return _Response(200, b"" if request.method == "HEAD" else data, headers)
+        return _range_response(request, data, range_header, headers)
+
+
+def _object_error(oid: Any, size: int, code: int, message: str) -> dict[str, Any]:
+    """An object-level error of an LFS batch answer."""
+    return {"oid": str(oid), "size": size, "error": {"code": code, "message": message}}
+
+
+def _lfs_route(segments: list[str]) -> tuple[str, str, str] | None:
+    """``(repo_type, repo_id, "batch"|"verify")`` for ``[datasets/|spaces/]{ns}/{name}.git/info/lfs/objects/...``."""
+    repo_type = "model"
+    if segments[:1] in (["datasets"], ["spaces"]):
+        repo_type, segments = REPO_TYPES[segments[0]], segments[1:]
+    if len(segments) != 6 or not segments[1].endswith(".git") or segments[2:5] != ["info", "lfs", "objects"]:
+        return None
+    if segments[5] not in ("batch", "verify"):
+        return None
+    return repo_type, f"{segments[0]}/{segments[1].removesuffix('.git')}", segments[5]
+
+
+def _decode_sample(sample: Any) -> bytes:
+    """Decode the base64 ``sample`` of a preupload file (at most SAMPLE_SIZE bytes), or raise a 400."""
+    if not isinstance(sample, str):
+        raise HubError(400, "Each file needs a base64 'sample'")
+    try:
+        data = base64.b64decode(sample, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise HubError(400, "A file's 'sample' is not valid base64") from error
+    if len(data) > SAMPLE_SIZE:
+        raise HubError(400, f"A file's 'sample' holds more than {SAMPLE_SIZE} bytes")
+    return data
+
+
+def _tree_entries(commit: Commit, base: str, recursive: bool) -> list[dict[str, Any]]:
+    """List the folders and files under ``base`` (direct children, or all descendants if recursive).
+
+    A file's ``oid`` is its git blob id (of the pointer, for an LFS file, which also gets an ``lfs``
+    block with the sha256, size and pointer size) and ``size`` the size of its content, as on the Hub.
+    """
+    files = commit.files
     prefix = f"{base}/" if base else ""
     below = [path for path in files if path.startswith(prefix)]
     if base and not below:
@@ -1232,12 +1703,13 @@ def _tree_entries(files: Mapping[str, bytes], base: str, recursive: bool) -> lis
         else:
             listed.append(path)
     folder_entries = [
-        {"type": "directory", "oid": _tree_oid(files, folder), "size": 0, "path": folder} for folder in sorted(folders)
+        {"type": "directory", "oid": commit.tree_oid(folder), "size": 0, "path": folder} for folder in sorted(folders)
     ]
-    file_entries = [
-        {"type": "file", "oid": git_blob_oid(files[path]), "size": len(files[path]), "path": path}
-        for path in sorted(listed)
-    ]
+    file_entries = []
+    for path in sorted(listed):
+        entry = {"type": "file", "oid": commit.blob_oid(path), "size": len(files[path]), "path": path}
+        lfs = commit.lfs_info(path)
+        file_entries.append(entry if lfs is None else {**entry, "lfs": lfs})
     return folder_entries + file_entries
 
 
@@ -1293,8 +1765,11 @@ def hf_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HfSa
     import, so they are patched too); no token is picked up implicitly; telemetry (which would
     fetch ``{ENDPOINT}/api/agent-harnesses`` from huggingface.co) and progress bars are off; and
     retry back-off sleeps are recorded instead of slept, so retried requests cost no time.
+
+    Xet is off (``HF_HUB_DISABLE_XET``, also for subprocesses): huggingface_hub 2.4.0 uploads
+    through Xet whenever ``hf_xet`` is installed, whatever the server says, and FakeHub speaks
+    git LFS only. With it off the client takes the LFS batch API, as it does without ``hf_xet``.
     """
-    import huggingface_hub.constants as hf_constants
     import huggingface_hub.utils._http as hf_http
 
     hf_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the package re-exports a class as "tqdm"
@@ -1303,10 +1778,25 @@ def hf_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HfSa
     sandbox = HfSandbox(home=home, cache_dir=home / "hub", retry_sleeps=[])
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
+    _point_caches_at(home, monkeypatch)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    _switch_client_settings(monkeypatch)
+    monkeypatch.setattr(hf_http, "time", _InstantSleep(sandbox.retry_sleeps))
+    monkeypatch.setattr(hf_tqdm, "progress_bar_states", {"_global": False})
+    yield sandbox
+    hf_http.close_session()  # drop pooled keep-alive connections to this test's server
+
+
+def _point_caches_at(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point every cache and token path of the client (its frozen constants, and the variables that
+    hf_xet and subprocesses read) into ``home``."""
+    import huggingface_hub.constants as hf_constants
+
     paths = {
         "HF_HOME": home,
-        "HF_HUB_CACHE": sandbox.cache_dir,
-        "HUGGINGFACE_HUB_CACHE": sandbox.cache_dir,
+        "HF_HUB_CACHE": home / "hub",
+        "HUGGINGFACE_HUB_CACHE": home / "hub",
         "HF_ASSETS_CACHE": home / "assets",
         "HUGGINGFACE_ASSETS_CACHE": home / "assets",
         "HF_XET_CACHE": home / "xet",
@@ -1319,17 +1809,19 @@ def hf_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HfSa
             monkeypatch.setattr(hf_constants, name, str(path))
     for name in ("HF_HOME", "HF_HUB_CACHE", "HF_XET_CACHE"):  # read at call time by hf_xet and subprocesses
         monkeypatch.setenv(name, str(paths[name]))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _switch_client_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online, no telemetry, no implicit token, no Xet: the client's settings frozen at import."""
+    import huggingface_hub.constants as hf_constants
+
     for name, value in {
         "HF_HUB_OFFLINE": False,
         "HF_HUB_DISABLE_TELEMETRY": True,
         "HF_HUB_DISABLE_IMPLICIT_TOKEN": True,
+        "HF_HUB_DISABLE_XET": True,
     }.items():
         monkeypatch.setattr(hf_constants, name, value)
-    monkeypatch.setattr(hf_http, "time", _InstantSleep(sandbox.retry_sleeps))
-    monkeypatch.setattr(hf_tqdm, "progress_bar_states", {"_global": False})
-    yield sandbox
-    hf_http.close_session()  # drop pooled keep-alive connections to this test's server
 
 
 @pytest.fixture

@@ -77,7 +77,11 @@ def test_create_repo_with_and_without_namespace(fake_hub: FakeHub) -> None:
     with pytest.raises(HfHubHTTPError) as excinfo:
         api.create_repo(REPO)
     assert excinfo.value.response.status_code == 409
-    assert api.create_repo(REPO, exist_ok=True).repo_id == REPO
+    assert excinfo.value.response.json()["url"] == f"{fake_hub.endpoint}/{REPO}"  # the Hub's 409 names the repo
+    again = api.create_repo(REPO, exist_ok=True)  # the client builds its RepoUrl from that "url"
+    assert (again.repo_id, again.endpoint, str(again)) == (REPO, fake_hub.endpoint, f"{fake_hub.endpoint}/{REPO}")
+    api.create_repo(REPO, repo_type="dataset")
+    assert str(api.create_repo(REPO, repo_type="dataset", exist_ok=True)) == f"{fake_hub.endpoint}/datasets/{REPO}"
     assert list(fake_hub.files(REPO)) == [".gitattributes"]  # like the Hub's initial commit
 
 
@@ -248,7 +252,7 @@ def test_commit_fault_raises_and_leaves_store_unchanged(
     hub, _, _ = uploaded
     before = hub.state()
     api = _api(hub)
-    # more failures than the client has retries (upload_folder retries the commit POST 5 times)
+    # more failures than the client could retry (create_commit does not retry the commit POST at all)
     fault = hub.fail_next(kind, count=20, path_contains="/commit/")
     expected = HfHubHTTPError if kind == 500 else httpx2.TransportError
     with pytest.raises(expected):
@@ -264,15 +268,21 @@ def test_commit_fault_raises_and_leaves_store_unchanged(
         assert all(r.status == 500 for r in hub.calls("POST", "/commit/")[-fault.hits :])
 
 
-def test_transient_500_is_retried_by_upload_folder(
+def test_transient_500s_are_retried_by_upload_folder(
     uploaded: tuple[FakeHub, str, str], hf_sandbox: HfSandbox, tmp_path: Path
 ) -> None:
+    """Without Xet, upload_folder is one create_commit: preupload, the LFS batch call and the object PUT
+    are retried with back-off; the commit POST itself is not (a 500 there fails the call)."""
     hub, _, second = uploaded
-    fault = hub.fail_next(500, path_contains="/commit/")
+    faults = [hub.fail_next(500, path_contains=part) for part in ("/preupload/", "/objects/batch", "/lfs-storage/")]
     folder = _write_tree(tmp_path / "v3", {"new.bin": b"n"})
     info = _api(hub).upload_folder(folder_path=folder, repo_id=REPO)
-    assert fault.hits == 1 and hf_sandbox.retry_sleeps == [1]
-    assert hub.repo(REPO).commits[info.oid].parent == second
+    assert [fault.hits for fault in faults] == [1, 1, 1] and hf_sandbox.retry_sleeps == [1, 1, 1]
+    assert hub.repo(REPO).commits[info.oid].parent == second and hub.files(REPO)["new.bin"] == b"n"
+    hub.fail_next(500, path_contains="/commit/")
+    with pytest.raises(HfHubHTTPError):
+        _api(hub).upload_folder(folder_path=_write_tree(tmp_path / "v4", {"more.txt": b"m"}), repo_id=REPO)
+    assert hub.head(REPO) == info.oid and len(hub.calls("POST", "/commit/")) == 4  # v1, v2, v3 and the failed one
 
 
 def test_lost_commit_response_still_commits(uploaded: tuple[FakeHub, str, str]) -> None:

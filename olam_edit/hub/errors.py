@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 from olam_edit.errors import (
@@ -32,12 +33,37 @@ def hub_errors(action: str, repo_id: str, revision: str | None = None) -> Iterat
         raise translated from e
 
 
-def translate_error(e: Exception, action: str, repo_id: str, revision: str | None = None) -> HubError | None:
-    """The HubError that explains ``e``, or None when ``e`` is not a Hub or network error."""
-    from huggingface_hub import errors as hf
+# huggingface_hub wraps a failed LFS object upload: RuntimeError("Error while uploading '<path>' to the Hub.")
+# raised from the HTTP or network error; the batch API's per-object refusals come as one multi-line ValueError.
+_UPLOAD_FAILED = re.compile(r"Error while uploading '(.+)' to the Hub")
+_BATCH_REFUSED = "LFS batch API returned errors"
 
+
+def translate_error(e: Exception, action: str, repo_id: str, revision: str | None = None) -> HubError | None:
+    """The HubError that explains ``e``, or None when ``e`` is not a Hub or network error.
+
+    A failed upload of a large (LFS) file is explained by its cause and names the file; a refusal
+    by the LFS batch API (e.g. a file over the Hub's size limit) gets a one-line message.
+    """
     where = f"{repo_id} at revision {revision!r}" if revision else repo_id
     head = f"cannot {action} {where}"
+    match = _UPLOAD_FAILED.search(str(e)) if isinstance(e, RuntimeError) else None
+    if match is not None and isinstance(e.__cause__, Exception):
+        upload_head = f"{head}: uploading {match.group(1)} failed"
+        cause = e.__cause__
+        return _translate(cause, upload_head, action, repo_id, revision) or HubError(
+            explain(upload_head, got=f"{type(cause).__name__}: {_server_message(cause)}", fix="Try again later."))
+    if isinstance(e, ValueError) and str(e).startswith(_BATCH_REFUSED):
+        details = "; ".join(line.replace("`", "").strip() for line in str(e).splitlines()[1:] if line.strip())
+        return HubError(explain(f"{head}: the Hub refused to store a large file", got=details or None,
+                                fix="Check the file against the Hub's storage limits, then try again."))
+    return _translate(e, head, action, repo_id, revision)
+
+
+def _translate(e: Exception, head: str, action: str, repo_id: str, revision: str | None) -> HubError | None:
+    """The HubError for ``e`` under the message start ``head``, or None when it is not a Hub or network error."""
+    from huggingface_hub import errors as hf
+
     if isinstance(e, hf.RevisionNotFoundError):
         return HubNotFoundError(explain(f"cannot {action} {repo_id}: revision {revision or 'main'!r} does not exist",
                                         fix="Use an existing branch, tag or commit id "
