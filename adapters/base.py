@@ -135,6 +135,11 @@ class BaseGenerator:
         With ``stats_repo`` (a Hub repo id), the statistics published there for exactly this model,
         layer and sampler are downloaded instead of collected; statistics made for anything else are
         refused (StaleStatisticsError).
+
+        Across processes (under ``torchrun`` inside the command line, or in a process group the
+        caller initialised) rank ``r`` of ``world`` renders and runs only latent batches ``r, r + world,
+        ...`` of :meth:`_stats_batches` (made on demand), the float64 sums are all-reduced and rank 0
+        alone writes the cache: the same statistic, with the same fingerprint, as one process.
         """
         batches, sampler = self._stats_batches(samples, batch_size, seed)
         if stats_repo is not None:

@@ -41,6 +41,19 @@ def test_stats_reports_and_caches(tmp_path) -> None:
     assert "collecting" not in again.stderr  # served from the cache, no progress bar
 
 
+def test_stats_list_shows_the_layers_its_help_names() -> None:
+    helped = run("stats", "--help")
+    assert helped.returncode == 0 and "--list" in helped.stdout
+    listed = run("stats", "--list")
+    assert listed.returncode == 0, listed.stderr
+    from olam_edit.adapters import load_default
+
+    assert listed.stdout.split() == oe.list_layers(load_default().model)
+    assert "main.6" in listed.stdout.split()
+    neither = run("stats")
+    assert neither.returncode == 2 and "--layer" in neither.stderr and "Traceback" not in neither.stderr
+
+
 def test_wrong_layer_is_a_clear_error() -> None:
     out = run("stats", "--layer", "main.66", "--samples", "10")
     assert out.returncode == 2
@@ -89,8 +102,16 @@ def test_bad_paths_are_clear_errors(tmp_path, bad) -> None:
 
 
 def test_example_writes_an_edit_folder_and_a_grid(tmp_path) -> None:
-    out = run("example", "--out", str(tmp_path / "out"), "--seeds", "1000-1003")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    out = run("example", "--out", str(tmp_path / "out"), "--seeds", "1000-1003", "--force")  # non-empty: --force
     assert out.returncode == 0, out.stderr
+    written = {p.name: p.read_bytes() for p in (tmp_path / "out" / "edit").iterdir()}
+    again = run("example", "--out", str(tmp_path / "out"), "--seeds", "1000-1003")  # without --force: refused
+    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "edit").iterdir()} == written
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     edit = oe.Edit.load(tmp_path / "out" / "edit")
     assert edit.manifest["recipe"]["name"] == "add_sunglasses"
     assert 0 < edit.manifest["metrics"]["relative_norm"] < 1

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from olam_edit._version import __version__
 from olam_edit.cli.common import commands_of
@@ -43,13 +45,35 @@ def error_line(command: str, error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; a project error or OSError prints one line on stderr and returns 2."""
+    """Run one command; a project error or OSError prints one line on stderr and returns 2.
+
+    Under torchrun (the env:// variables set, more than one process) every rank runs the command:
+    statistics are collected once across the ranks (:mod:`olam_edit.memory.distributed`), rank 0
+    alone prints, shows progress and writes files, and the other ranks stay silent except for
+    their own error line.
+    """
     args = build_parser().parse_args(argv)
+    from olam_edit.memory import distributed  # after parsing: --help and --version stay light
+
+    tag, stderr = "", sys.stderr
     try:
-        return int(args.func(args) or 0)
+        rank = distributed.process_rank()
+        tag = f"[rank {rank}] " if rank else ""
+        with distributed.from_launcher(), _silenced(rank != 0):
+            return int(args.func(args) or 0)
     except (OlamEditError, OSError) as e:  # bad input or a missing/unreadable file: one line, no traceback
-        print(error_line(args.command, e), file=sys.stderr)
+        print(tag + error_line(args.command, e), file=stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _silenced(quiet: bool) -> Iterator[None]:
+    """Send stdout and stderr (prints, progress bars, warnings) to the null device when ``quiet``."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        yield
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from olam_edit.cli.common import command, parse_seeds
+from olam_edit.memory import distributed
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
 
@@ -25,11 +26,22 @@ def _before_after(gen, edit, seeds: list[int], path: Path, scale: float = 1.0) -
     return save_grid([before, after], path, labels=["before", f"after x{scale:g}" if scale != 1 else "after"])
 
 
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse to write into an existing non-empty folder (or over a file) unless ``force``."""
+    from olam_edit.errors import OutputExistsError, explain
+
+    if force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    raise OutputExistsError(explain(f"{out} already exists and is not empty", expected="a new or empty folder",
+                                    fix="Choose another --out, or pass --force to replace what is there."))
+
+
 def _add_example(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", default=None, help="example name (default: the first; --list shows all)")
     p.add_argument("--out", default="out", help="output folder (default ./out)")
     p.add_argument("--seeds", type=parse_seeds, default=None, help="held-out seeds for the grid (default 1000-1015)")
     p.add_argument("--list", action="store_true", help="list the examples and exit")
+    p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
 
 
 @command("example", "run a curated rewrite of the embedded face model end to end")
@@ -44,13 +56,16 @@ def cmd_example(args: argparse.Namespace) -> int:
             print(f"{name}: {load_example(name)[0].description}")
         return 0
     request, settings = load_example(args.name or names[0])
+    out = Path(args.out)
+    _check_out(out, args.force)
     print(f"example {request.name!r}: {request.description} (layer {request.layer}, rank {request.rank})")
     gen, t0 = load_default(), time.perf_counter()
     rw = Rewriter(gen, request.layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS),
                   ridge=settings.get("ridge", DEFAULT_RIDGE))
     edit = rw.rewrite(request)
+    if not distributed.is_main_process():
+        return 0  # under torchrun the other ranks only helped collect the statistics
     _report(edit, time.perf_counter() - t0)
-    out = Path(args.out)
     print(f"wrote {edit.save(out / 'edit')}")
     seeds = args.seeds or parse_seeds(HELDOUT_SEEDS)
     print(f"wrote {_before_after(gen, edit, seeds, out / 'before_after.png')}")
@@ -61,7 +76,7 @@ cmd_example.configure = _add_example
 
 
 def _add_rewrite(p: argparse.ArgumentParser) -> None:
-    p.add_argument("request", help="request JSON (see olam_edit/examples/*.json)")
+    p.add_argument("request", help="request JSON (like olam_edit/rules/spatial/examples/*.json)")
     p.add_argument("--model", default="default", help="generator: 'default', a path or a Hub id")
     p.add_argument("--out", required=True, help="folder to write the edit into")
     p.add_argument("--smoothness", type=float, default=DEFAULT_SMOOTHNESS, help="the paper's 1/lambda")
@@ -78,6 +93,8 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     request = EditRequest.load(args.request)
     gen, t0 = load_generator(args.model), time.perf_counter()
     edit = Rewriter(gen, request.layer, smoothness=args.smoothness, stats_samples=args.samples).rewrite(request)
+    if not distributed.is_main_process():
+        return 0  # under torchrun the other ranks only helped collect the statistics
     _report(edit, time.perf_counter() - t0)
     print(f"wrote {edit.save(args.out)}")
     if args.grid:

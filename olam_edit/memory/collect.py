@@ -2,9 +2,14 @@
 
 The forward stops as soon as every requested layer has seen its input. Results are cached under a
 fingerprint of everything they depend on (model weights, layer, sampler settings, sample count,
-dtype), partial sums are checkpointed atomically so an interrupted run resumes, and when
-``torch.distributed`` is initialised each process takes every world_size-th batch and the sums
-are all-reduced.
+dtype), partial sums are checkpointed atomically so an interrupted run resumes.
+
+Across processes (a ``torch.distributed`` group the caller initialised, or the one
+:mod:`olam_edit.memory.distributed` joins under torchrun): rank ``r`` of ``world`` takes batches
+``r, r + world, ...``, so the union of the ranks' batches is the single process's and the
+all-reduced float64 sums and counts are the same statistic. Rank 0 alone reads and writes the cache
+(what it found is broadcast; the others wait at a barrier until its file is in place), and the
+fingerprint does not depend on the world size.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tqdm.auto import tqdm
 from olam_edit._version import __version__
 from olam_edit.errors import RequestError, explain
 from olam_edit.files.fingerprint import json_fingerprint, model_fingerprint
+from olam_edit.memory import distributed
 from olam_edit.memory.handles import LayerHandle, get_handle
 from olam_edit.memory.stats import STATS_SCHEMA, SecondMoment
 
@@ -46,14 +52,6 @@ def stats_fingerprint(model: nn.Module, layer: str, sampler: dict[str, Any], num
 def _cache_path(cache_dir: Path, layer: str, fp: str, suffix: str = "") -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
     return cache_dir / f"{safe}-{fp[:16]}{suffix}.safetensors"
-
-
-def _dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class _Collector:
@@ -113,11 +111,14 @@ def collect_stats(
     mfp = model_fingerprint(model) if sampler is not None else None
     fps = {n: stats_fingerprint(model, n, sampler, len(batches), mfp) for n in names} if sampler else {}
     cache = Path(cache_dir) if cache_dir is not None else None
-    done = _load_cached(cache, fps) if cache else {}
+    rank, world = distributed.rank_and_world(handles[0].parameter.device)
+    done = _load_cached(cache, fps) if cache and rank == 0 else {}
+    if cache and world > 1:  # every rank must agree on what is left to collect
+        done = distributed.share_from_main(done, {h.name: SecondMoment(h.key_dim) for h in handles})
     todo = [h for h in handles if h.name not in done]
     if todo:
         done.update(_run(model, todo, batches, forward or _default_forward, fps, sampler, cache,
-                         checkpoint_every, progress))
+                         checkpoint_every, progress and rank == 0))
     return {n: done[n] for n in names}
 
 
@@ -130,9 +131,13 @@ def _load_cached(cache: Path, fps: dict[str, str]) -> dict[str, SecondMoment]:
     return found
 
 
-def _resume(cache: Path | None, todo: list[LayerHandle], fps: dict[str, str], rank: int
+def _resume(cache: Path | None, todo: list[LayerHandle], fps: dict[str, str], rank: int, world: int
             ) -> tuple[dict[str, SecondMoment], int]:
-    """Moments to start from and how many of this process's batches they already hold."""
+    """Moments to start from and how many of this process's batches they already hold.
+
+    A partial sum is resumed only by the same rank of a world of the same size (another world
+    splits the batches differently).
+    """
     fresh = {h.name: SecondMoment(h.key_dim, device=h.parameter.device) for h in todo}
     if cache is None or not fps:
         return fresh, 0
@@ -143,29 +148,30 @@ def _resume(cache: Path | None, todo: list[LayerHandle], fps: dict[str, str], ra
             return fresh, 0
         parts[h.name] = SecondMoment.load(path, expect_fingerprint=fps[h.name])
     steps = {int(p.manifest["batches_done"]) for p in parts.values()}
-    return (parts, steps.pop()) if len(steps) == 1 else (fresh, 0)
+    same_world = all(int(p.manifest.get("world_size", 1)) == world for p in parts.values())
+    return (parts, steps.pop()) if len(steps) == 1 and same_world else (fresh, 0)
 
 
 def _save_partial(cache: Path, moments: dict[str, SecondMoment], fps: dict[str, str], rank: int,
-                  done: int) -> None:
+                  world: int, done: int) -> None:
     for name, sm in moments.items():
         sm.save(_cache_path(cache, name, fps[name], f".rank{rank}.partial"),
-                {"fingerprint": fps[name], "layer": name, "batches_done": done})
+                {"fingerprint": fps[name], "layer": name, "batches_done": done, "world_size": world})
 
 
 def _run(model: nn.Module, todo: list[LayerHandle], batches: Sequence[Any], forward: Callable,
          fps: dict[str, str], sampler: dict[str, Any] | None, cache: Path | None, every: int,
          progress: bool) -> dict[str, SecondMoment]:
-    rank, world = _dist_info()
-    mine = list(range(rank, len(batches), world))
-    moments, start = _resume(cache, todo, fps, rank)
+    rank, world = distributed.rank_and_world()
+    mine = list(range(rank, len(batches), world))  # this rank's batches; the ranks' union is all of them
+    moments, start = _resume(cache, todo, fps, rank, world)
     collector = _Collector(todo, moments)
     bar = tqdm(total=len(mine), initial=start, disable=not progress, desc="collecting key statistics")
     for step in range(start, len(mine)):
         collector.run(model, batches[mine[step]], forward)
         bar.update(1)
         if cache is not None and fps and (step + 1) % every == 0 and step + 1 < len(mine):
-            _save_partial(cache, moments, fps, rank, step + 1)
+            _save_partial(cache, moments, fps, rank, world, step + 1)
     bar.close()
     return _finish(moments, fps, sampler, cache, rank, world)
 
@@ -180,5 +186,9 @@ def _finish(moments: dict[str, SecondMoment], fps: dict[str, str], sampler: dict
         if cache is not None and fps:
             if rank == 0:
                 sm.save(_cache_path(cache, name, fps[name]))
+                for stale in cache.glob(_cache_path(cache, name, fps[name], ".rank*.partial").name):
+                    stale.unlink(missing_ok=True)  # partial sums of any world size are now useless
             _cache_path(cache, name, fps[name], f".rank{rank}.partial").unlink(missing_ok=True)
+    if cache is not None and fps and world > 1:
+        distributed.barrier()  # no rank goes on (and reads the cache) before rank 0's files are in place
     return moments
