@@ -387,7 +387,7 @@ def test_stats_round_trip_and_a_rewriter_starts_from_them(hf_env: FakeHub, tmp_p
     url = push_stats(local, STATS_REPO)  # endpoint and token from the environment
     assert "/commit/" in url
     path = stats_path_in_repo("3", local.manifest["fingerprint"])
-    assert set(hf_env.files(STATS_REPO)) == {".gitattributes", path}
+    assert set(hf_env.files(STATS_REPO)) == {".gitattributes", path, "README.md"}  # the card: tests/test_cards.py
     pulled = gen.stats("3", samples=20, batch_size=10, stats_repo=STATS_REPO)
     assert torch.equal(pulled.sum, local.sum) and pulled.count == local.count
     request = tiny_request()

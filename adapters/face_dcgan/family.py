@@ -15,7 +15,7 @@ from olam_edit.adapters.torch_generator import TorchGenerator
 from olam_edit.errors import WeightFileError, explain
 
 DEFAULT_NAME = "olam-edit/face-dcgan64"  # the shipped model's name in edits and requests
-DEFAULT_LICENSE = "mit"
+DEFAULT_LICENSE = "other"  # weights MIT, training data DigiFace-1M (non-commercial research only): not a Hub id
 
 
 def is_face_dcgan_file(path: Path) -> bool:

@@ -1,10 +1,18 @@
 """The model card (``README.md``) of an edit published on the Hub.
 
-:func:`build_model_card` turns an :class:`~olam_edit.edit.core.Edit` into a ``huggingface_hub.ModelCard``:
-YAML front matter (``base_model``, ``base_model_relation: adapter``, ``library_name: olam-edit``,
-``tags``, ``pipeline_tag`` and the base model's ``license`` when the manifest records one) and a short
-page: the rule in words, the layers it changes, a before/after picture when one is published, three
-lines of code that apply it, the recipe, the provenance and the licence terms.
+:func:`build_model_card` turns an :class:`~olam_edit.edit.core.Edit` of any rule kind into a
+``huggingface_hub.ModelCard`` whose metadata passes :func:`olam_edit.hub.cards.check_card`:
+
+- ``base_model`` (with ``base_model_relation: adapter``) only when the recorded base is a Hub model id;
+  a local path or a fixed name is left out, said so in the body and never used in the usage code;
+- the licence follows the base model (:func:`olam_edit.hub.cards.base_licence`): the embedded face
+  model's DigiFace-1M terms as ``license: other`` with ``license_name`` / ``license_link``, a recorded
+  Hub licence id as it is, nothing when the licence is unknown (the body says so);
+- ``thumbnail``: the published before/after picture's resolve URL, when there is one.
+
+The body: the rule in words, the layers it changes, the picture, code that applies it, LoRA export
+(diffusers / PEFT) when its layers allow it, how it was made (the rule kind's own summary), the
+provenance and the licence.
 """
 
 from __future__ import annotations
@@ -14,43 +22,76 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from olam_edit._version import DOCS_URL, SOURCE_URL
+from olam_edit.edit.lora import EXPORTABLE_KINDS
+from olam_edit.hub.cards import (
+    FACE_MODEL,
+    FACE_NOTE,
+    base_licence,
+    check_card,
+    hub_model_id,
+    licence_section,
+    local_label,
+    model_url,
+    resolve_url,
+)
+
 if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
     from olam_edit.edit.core import Edit
 
 
 LIBRARY_NAME = "olam-edit"
-FACE_MODEL = "olam-edit/face-dcgan64"
 BASE_TAGS = ("olam-edit", "model-editing", "rewriting-generative-models")
-PROJECT_URL = "https://pypi.org/project/olam-edit/"
 PAPER = "[Rewriting a Deep Generative Model](https://arxiv.org/abs/2007.15646) (Bau et al., ECCV 2020)"
-FACE_CAVEAT = (
-    "The base model `olam-edit/face-dcgan64` (weights MIT, from `gan-face-generate` 1.1.1) was trained on "
-    "**DigiFace-1M**, whose terms allow **non-commercial research use only**. That restriction carries over "
-    "to this edit and to the images made with it."
-)
+FACE_CAVEAT = FACE_NOTE  # kept under its old name
+INSTALL = f'pip install "olam-edit @ git+{SOURCE_URL}"'
+YOUR_BASE = "path/or/hub-id/of/your/base-model"  # the placeholder usage code loads when no Hub id is recorded
+
+__all__ = ["FACE_MODEL", "LIBRARY_NAME", "base_id", "build_model_card", "card_data", "hub_base", "recipe_summary",
+           "rule_text"]
 
 
 def base_id(edit: Edit) -> str | None:
-    """The base model's id recorded in the manifest (None when unknown)."""
+    """The base model's name recorded in the manifest, as recorded (a Hub id, a path or a fixed name)."""
     base = edit.manifest.get("base_model") or {}
-    return base.get("id") if isinstance(base, dict) else None
+    name = base.get("id") if isinstance(base, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
-def card_data(edit: Edit) -> ModelCardData:
-    """The YAML front matter of the card."""
-    base = base_id(edit)
+def hub_base(edit: Edit) -> str | None:
+    """The base model's Hub id, or None when the recorded name is not one (a local path, a fixed name)."""
+    return hub_model_id(base_id(edit))
+
+
+def _revision(edit: Edit) -> str | None:
+    base = edit.manifest.get("base_model") or {}
+    rev = base.get("revision") if isinstance(base, dict) else None
+    return rev if isinstance(rev, str) and rev else None
+
+
+def card_data(edit: Edit, repo_id: str | None = None, *, picture: str | None = None,
+              revision: str | None = None) -> ModelCardData:
+    """The YAML front matter of the card; ``thumbnail`` needs the ``repo_id`` the ``picture`` is pushed to."""
+    base = hub_base(edit)
     extra: dict[str, Any] = {"base_model": base, "base_model_relation": "adapter"} if base else {}
-    license_id = edit.manifest.get("license")
-    if license_id:
-        extra["license"] = str(license_id)
+    lic = base_licence(base_id(edit), edit.manifest.get("license"))
+    if lic is not None:
+        extra.update(lic.fields())
+    if picture and repo_id:
+        extra["thumbnail"] = resolve_url(repo_id, picture, revision)
     pipeline = "text-to-image" if edit.manifest.get("component") else "unconditional-image-generation"
     return ModelCardData(library_name=LIBRARY_NAME, tags=_tags(edit), pipeline_tag=pipeline, **extra)
 
 
 def _tags(edit: Edit) -> list[str]:
     tags = list(BASE_TAGS)
+    kind = _recipe_dict(edit).get("kind")
+    if isinstance(kind, str) and f"{kind}-rule" not in tags:
+        tags.append(f"{kind}-rule")
     if all(d.rank == 1 for d in edit.deltas.values()):
         tags.append("rank-one")
+    if edit.manifest.get("component"):
+        tags.append("diffusers")
     extra = edit.manifest.get("tags")
     if isinstance(extra, list):
         tags += [str(t) for t in extra if str(t) not in tags]
@@ -58,34 +99,44 @@ def _tags(edit: Edit) -> list[str]:
 
 
 def build_model_card(edit: Edit, repo_id: str, *, picture: str | None = None,
-                     checksums: dict[str, str] | None = None) -> ModelCard:
-    """The card for ``edit`` published as ``repo_id``; ``picture`` is the before/after PNG's file name."""
+                     checksums: dict[str, str] | None = None, revision: str | None = None) -> ModelCard:
+    """The card for ``edit`` published as ``repo_id`` (at branch ``revision``, default main); ``picture``
+    is the before/after PNG's file name in the repo. Raises RequestError when the metadata would break
+    the Hub's rules (:func:`olam_edit.hub.cards.check_card`)."""
     sections = [_intro(edit, repo_id), _layers_table(edit), _picture(picture), _usage(edit, repo_id),
-                _recipe(edit), _provenance(edit, checksums or {}), _license(edit)]
+                _lora(edit, repo_id), _recipe(edit), _provenance(edit, checksums or {}), _license(edit)]
     body = "\n\n".join(s for s in sections if s)
-    return ModelCard(f"---\n{card_data(edit).to_yaml()}\n---\n\n{body}\n")
+    content = f"---\n{card_data(edit, repo_id, picture=picture, revision=revision).to_yaml()}\n---\n\n{body}\n"
+    check_card(content)
+    return ModelCard(content)
 
 
 def rule_text(edit: Edit) -> str:
     """The rule in words: the manifest's ``rule``, else the recipe's description or name."""
-    recipe = edit.manifest.get("recipe") or {}
-    for text in (edit.manifest.get("rule"), edit.manifest.get("description"),
-                 recipe.get("description") if isinstance(recipe, dict) else None,
-                 recipe.get("name") if isinstance(recipe, dict) else None):
+    recipe = _recipe_dict(edit)
+    for text in (edit.manifest.get("rule"), edit.manifest.get("description"), recipe.get("description"),
+                 recipe.get("name")):
         if isinstance(text, str) and text.strip():
             return " ".join(text.split())
     return "a rule chosen by its author (no description was recorded)"
 
 
-def _intro(edit: Edit, repo_id: str) -> str:
-    base = base_id(edit)
+def _base_phrase(edit: Edit) -> str:
+    base, hub = base_id(edit), hub_base(edit)
     if base == FACE_MODEL:
-        on = f"of `{base}`, the face DCGAN that ships inside olam-edit,"
-    else:
-        on = f"of [`{base}`](https://huggingface.co/{base})" if base else "of its base model"
+        return f"of `{base}`, the face DCGAN that ships inside olam-edit,"
+    if hub:
+        return f"of [`{hub}`]({model_url(hub)})"
+    if base:
+        return (f"of its base model (recorded as `{local_label(base)}`, a local name rather than a Hub id, so "
+                "this card names no `base_model`: load the model this edit was made for yourself)")
+    return "of its base model (not recorded, so this card names no `base_model`)"
+
+
+def _intro(edit: Edit, repo_id: str) -> str:
     return (f"# {repo_id.split('/')[-1]}\n\n"
-            f"An [olam-edit]({PROJECT_URL}) edit: it rewrites one rule {on} directly in its weights, as in "
-            f"{PAPER}.\n\n**The rule:** {rule_text(edit)}.")
+            f"An [olam-edit]({SOURCE_URL}) edit: it rewrites one rule {_base_phrase(edit)} directly in its weights, "
+            f"as in {PAPER}.\n\n**The rule:** {rule_text(edit)}.")
 
 
 def _recipe_dict(edit: Edit) -> dict[str, Any]:
@@ -105,7 +156,17 @@ def _layers_table(edit: Edit) -> str:
         note = f" {_cell(notes.get(name, ''))} |" if notes else ""
         rows.append(f"| `{name}` | {info.get('kind', info.get('layout', '?'))} | {info.get('shape')} | "
                     f"{delta.rank} | {change} |{note}")
-    return "## What it changes\n\n" + "\n".join(rows)
+    return "## What it changes\n\n" + "\n".join(rows) + _strength_note(edit, bool(notes))
+
+
+def _strength_note(edit: Edit, notes: bool) -> str:
+    """A line under the table when the edit is a scaled copy (its deltas carry a strength other than 1)."""
+    scales = {d.scale for d in edit.deltas.values()}
+    if scales == {1.0}:
+        return ""
+    strength = f"strength {scales.pop():g}" if len(scales) == 1 else "per-layer strengths"
+    line = f"\n\nThis edit is applied at {strength} (Λ scaled; the relative changes above are the scaled edit's)"
+    return line + ("; the notes describe the full-strength solve." if notes else ".")
 
 
 def _relative_change(edit: Edit, name: str) -> str:
@@ -130,26 +191,59 @@ def _picture(picture: str | None) -> str:
             "Top row: the base model. Bottom row: the same samples with the edit applied.")
 
 
-def _generator_spec(edit: Edit) -> str:
-    base = base_id(edit)
-    return "default" if base in (None, FACE_MODEL) else base
+def _generator_spec(edit: Edit) -> tuple[str, str]:
+    """What the usage code loads (``"default"``, the Hub id or a placeholder) and a comment for it."""
+    if base_id(edit) == FACE_MODEL:
+        return "default", ""
+    hub = hub_base(edit)
+    return (hub, "") if hub else (YOUR_BASE, "  # load your base model: the one this edit was made for")
+
+
+def _load_line(edit: Edit) -> str:
+    """The first lines of the usage code: import and load the base model (never a local path)."""
+    spec, comment = _generator_spec(edit)
+    if edit.manifest.get("component"):
+        rev = f", revision={_revision(edit)!r}" if _revision(edit) and spec != YOUR_BASE else ""
+        load = f"diffusers.DiffusionPipeline.from_pretrained({spec!r}{rev})"
+        return f"import diffusers, olam_edit\npipe = {load}{comment}"
+    return f"from olam_edit import Edit, adapters\ngen = adapters.load_generator({spec!r}){comment}"
 
 
 def _usage(edit: Edit, repo_id: str) -> str:
-    if edit.manifest.get("component"):
-        code = ("import diffusers, olam_edit\n"
-                f"pipe = diffusers.DiffusionPipeline.from_pretrained({base_id(edit)!r})\n"
-                f"olam_edit.Edit.from_pretrained({repo_id!r}).apply(pipe)")
-    else:
-        code = ("from olam_edit import Edit, adapters\n"
-                f"gen = adapters.load_generator({_generator_spec(edit)!r})\n"
-                f"Edit.from_pretrained({repo_id!r}).apply(gen.model)")
-    cli = f"olam-edit apply {repo_id} --model {_generator_spec(edit)} --grid before_after.png"
-    return (f"## Use it\n\n```bash\npip install olam-edit\n```\n\n```python\n{code}\n```\n\n"
-            f"or render a before/after grid from the command line:\n\n```bash\n{cli}\n```\n\n"
-            "`Edit.from_pretrained` checks the downloaded files against `checksums.json`, and `apply` refuses "
-            "a model whose edited layers differ from the base this edit was made for (`force=True` overrides). "
-            "`edit.revert(model)` restores the original weights bit for bit.")
+    component = edit.manifest.get("component")
+    apply = (f"olam_edit.Edit.from_pretrained({repo_id!r}).apply(pipe)" if component
+             else f"Edit.from_pretrained({repo_id!r}).apply(gen.model)")
+    text = [f"## Use it\n\n```bash\n{INSTALL}\n```\n\n(olam-edit installs from [its source repository]({SOURCE_URL}) "
+            f"until a release is on PyPI; see [the docs]({DOCS_URL}).)",
+            f"```python\n{_load_line(edit)}\n{apply}\n```"]
+    if not component:
+        spec = _generator_spec(edit)[0]
+        text.append("or render a before/after grid from the command line:\n\n"
+                    f"```bash\nolam-edit apply {repo_id} --model {spec} --grid before_after.png\n```")
+    text.append("`Edit.from_pretrained` checks the downloaded files against `checksums.json`, and `apply` refuses a "
+                "model whose edited layers differ from the base this edit was made for (`force=True` overrides). "
+                "`edit.revert(model)` restores the original weights bit for bit.")
+    return "\n\n".join(text)
+
+
+def _lora(edit: Edit, repo_id: str) -> str:
+    """How to export the edit as a LoRA and load it with stock diffusers / PEFT (when its layers allow it)."""
+    layers = edit.manifest.get("layers", {})
+    kinds = {layers.get(n, {}).get("kind", d.layout) for n, d in edit.deltas.items()}
+    component = edit.manifest.get("component")
+    if not all(EXPORTABLE_KINDS.get(k) is not None for k in kinds):
+        return ("## LoRA export\n\nThis edit changes layers a LoRA cannot hold (kinds "
+                f"{', '.join(f'`{k}`' for k in sorted(kinds))}): keep it in olam-edit's format.") if component else ""
+    target = f"pipe.{component}" if component else "gen.model"
+    peft = (f"```bash\nolam-edit export-lora {repo_id} lora-peft --format peft\n```\n\n"
+            f"```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained({target}, \"lora-peft\")\n```")
+    parts = ["## LoRA export\n\nThe edit is exactly a LoRA (alpha = rank, so the LoRA adds exactly ΔW = Λ D). "
+             "`olam-edit export-lora` (or `edit.to_lora(folder, format)` in Python) writes it for the stock loaders."]
+    if component == "unet":
+        parts.append(f"diffusers:\n\n```bash\nolam-edit export-lora {repo_id} lora --format diffusers\n```\n\n"
+                     "```python\npipe.load_lora_weights(\"lora\")  # the same weights as Edit.apply(pipe)\n```")
+    parts.append(f"PEFT (`adapter_model.safetensors` + `adapter_config.json`):\n\n{peft}")
+    return "\n\n".join(parts)
 
 
 def _recipe(edit: Edit) -> str:
@@ -195,9 +289,10 @@ def _legacy_spatial(recipe: dict[str, Any]) -> str:
 
 def _provenance(edit: Edit, checksums: dict[str, str]) -> str:
     m = edit.manifest
-    base = m.get("base_model") or {}
-    lines = [f"- made with olam-edit {m.get('olam_edit_version', '?')}",
-             f"- base model: `{base.get('id')}` at revision `{base.get('revision') or 'unspecified'}`"]
+    base, hub = base_id(edit), hub_base(edit)
+    named = f"`{hub}`" if hub else (f"`{local_label(base)}` (a local name, not a Hub id)" if base else "not recorded")
+    lines = [f"- made with olam-edit {m.get('olam_edit_version', '?')} ([source]({SOURCE_URL}))",
+             f"- base model: {named} at revision `{_revision(edit) or 'unspecified'}`"]
     for name, info in m.get("layers", {}).items():
         lines.append(f"- base weight of `{name}`: sha256 `{info.get('fingerprint')}`")
     if m.get("stats_fingerprint"):
@@ -207,9 +302,4 @@ def _provenance(edit: Edit, checksums: dict[str, str]) -> str:
 
 
 def _license(edit: Edit) -> str:
-    license_id = edit.manifest.get("license")
-    text = (f"The edit is a derivative of its base model and carries the base model's licence: `{license_id}`."
-            if license_id else "The base model's licence was not recorded: check it before using this edit.")
-    if base_id(edit) == FACE_MODEL:
-        text += "\n\n" + FACE_CAVEAT
-    return "## License\n\n" + text
+    return licence_section(base_licence(base_id(edit), edit.manifest.get("license")), hub_base(edit), "this edit")

@@ -54,13 +54,14 @@ class Edit:
 
     def scaled(self, scale: float) -> Edit:
         """The same edit with every delta multiplied by ``scale``, its manifest saying so: the ``rule``
-        gains "(strength s)" and ``metrics.relative_norm`` (‖ΔW‖/‖W‖) is multiplied by |s|, so a saved,
-        published or carded copy describes what it holds. ``scale`` 1 keeps the manifest as it is."""
+        gains "(strength s)" and ``metrics.relative_norm`` (‖ΔW‖/‖W‖) and each layer's
+        ``metrics.relative_norms`` are multiplied by |s|, so a saved, published or carded copy describes
+        what it holds. ``scale`` 1 keeps the manifest as it is."""
         manifest = dict(self.manifest)  # nested parts are replaced below, never mutated
         if scale != 1.0:
             metrics = manifest.get("metrics")
-            if isinstance(metrics, dict) and isinstance(metrics.get("relative_norm"), float):
-                manifest["metrics"] = {**metrics, "relative_norm": metrics["relative_norm"] * abs(scale)}
+            if isinstance(metrics, dict):
+                manifest["metrics"] = _scaled_metrics(metrics, abs(scale))
             if manifest.get("rule"):
                 manifest["rule"] = f"{manifest['rule']} (strength {scale:g})"
         return Edit({n: d.scaled(scale) for n, d in self.deltas.items()}, manifest)
@@ -127,3 +128,14 @@ class Edit:
     def to_lora(self, directory: str | Path, format: str = "peft", **kwargs: Any) -> Path:
         """Write this edit as a LoRA that stock PEFT / diffusers load (see :func:`olam_edit.edit.lora.to_lora`)."""
         return lora.to_lora(self, directory, format, **kwargs)
+
+
+def _scaled_metrics(metrics: dict[str, Any], factor: float) -> dict[str, Any]:
+    """``metrics`` with ‖ΔW‖/‖W‖ (``relative_norm`` and the per-layer ``relative_norms``) times ``factor``."""
+    out = dict(metrics)
+    if isinstance(out.get("relative_norm"), float):
+        out["relative_norm"] = out["relative_norm"] * factor
+    per_layer = out.get("relative_norms")
+    if isinstance(per_layer, dict):
+        out["relative_norms"] = {k: v * factor if isinstance(v, float) else v for k, v in per_layer.items()}
+    return out

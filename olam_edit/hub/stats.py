@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from olam_edit.errors import (
     HubNotFoundError,
@@ -19,6 +20,7 @@ from olam_edit.memory.collect import _cache_path
 from olam_edit.memory.stats import SecondMoment
 
 STATS_FOLDER = "stats"
+CARD_NAME = "README.md"
 
 
 def stats_path_in_repo(layer: str, fingerprint: str) -> str:
@@ -43,10 +45,15 @@ def push_stats(sm: SecondMoment, repo_id: str, *, layer: str | None = None, priv
                commit_message: str | None = None, endpoint: str | None = None) -> str:
     """Publish a layer's statistics (with their fingerprint manifest) to ``repo_id`` in one commit.
 
-    The file lands at :func:`stats_path_in_repo`; other files of the repo are left alone. Returns the
-    commit URL.
+    The file lands at :func:`stats_path_in_repo`, and the repo's ``README.md`` card is regenerated in
+    the same commit (:mod:`olam_edit.hub.stats_card`: what ``C`` is, the model, layer, sampler and
+    fingerprint of every statistics file in the repo, and how to use them). A README that push_stats
+    did not write (a model's or an edit's own card) is left alone, as are all other files. Creates a
+    model repo when there is none. Returns the commit URL.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
+
+    from olam_edit.hub.stats_card import stats_entry  # the card module loads only when something is pushed
 
     layer, fp = _stats_identity(sm, layer)
     check_repo_id(repo_id)
@@ -56,10 +63,31 @@ def push_stats(sm: SecondMoment, repo_id: str, *, layer: str | None = None, priv
     with tempfile.TemporaryDirectory(prefix="olam-edit-stats-") as tmp:
         local = sm.save(Path(tmp) / "stats.safetensors", {"layer": layer, "fingerprint": fp})
         with hub_errors("push statistics to", repo_id, revision):
-            _prepare_repo(api, repo_id, private=private, revision=revision, create_pr=create_pr)
-            return api.create_commit(repo_id, [CommitOperationAdd(path_in_repo, str(local))], revision=revision,
-                                     create_pr=create_pr,
+            repo_id = _prepare_repo(api, repo_id, private=private, revision=revision, create_pr=create_pr)
+            ops = [CommitOperationAdd(path_in_repo, str(local))]
+            ops += _card_operation(api, repo_id, revision, stats_entry(sm.manifest, sm.count, path_in_repo), Path(tmp))
+            return api.create_commit(repo_id, ops, revision=revision, create_pr=create_pr,
                                      commit_message=commit_message or f"olam-edit: key statistics of {layer}")
+
+
+def _card_operation(api: Any, repo_id: str, revision: str | None, entry: dict[str, Any], tmp: Path) -> list[Any]:
+    """The commit operation that writes the repo's regenerated stats card, or none when its README is not ours."""
+    from huggingface_hub import CommitOperationAdd
+
+    from olam_edit.hub.stats_card import build_stats_card, entries_of, merge_entries
+
+    files = api.list_repo_files(repo_id, revision=revision)
+    old = None
+    if CARD_NAME in files:
+        old = Path(api.hf_hub_download(repo_id, CARD_NAME, revision=revision, local_dir=tmp / "card")).read_text(
+            encoding="utf-8")
+    entries = entries_of(old)
+    if entries is None:
+        return []
+    card = build_stats_card(repo_id, merge_entries(entries, entry, files, STATS_FOLDER))
+    path = tmp / CARD_NAME
+    path.write_text(card.content, encoding="utf-8")
+    return [CommitOperationAdd(CARD_NAME, str(path))]
 
 
 def pull_stats(repo_id: str, layer: str, *, expect_fingerprint: str, revision: str | None = None,

@@ -151,7 +151,7 @@ class Rewriter:
                            revision=self.generator.revision, solver=solver,
                            component=self.generator.component,
                            stats_fingerprint=self.stats.manifest.get("fingerprint"),
-                           recipe=make_recipe("spatial", request.to_json()),
+                           recipe=make_recipe("spatial", {**request.to_json(), "method": method}),
                            rule=request.description or request.name, metrics=metrics,
                            license=self.generator.license,
                            created_with=f"olam-edit {__version__}")
