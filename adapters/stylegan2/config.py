@@ -6,8 +6,46 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from olam_edit.errors import WeightFileError, explain
+
 if TYPE_CHECKING:
     pass
+
+
+# Bounds on a network read from a file, checked before any module is built (the official configs:
+# 1024px, style_dim = z_dim = 512, 8 mapping layers, at most 512 channels, 3 image channels, about
+# 30 M generator parameters). Module constants, read at each call: a user may raise them.
+MAX_SIZE = 4096
+MAX_DIM = 4096  # style_dim and z_dim
+MAX_MAPPING_LAYERS = 32
+MAX_CHANNELS = 2048
+MAX_IMG_CHANNELS = 4
+MAX_PARAMETERS = 256 * 10**6  # 8x config-f at 1024px; 1 GiB of float32
+
+
+def size_bounds() -> dict[str, tuple[int, int]]:
+    """Each architecture number a checkpoint states, with the inclusive range it must lie in."""
+    return {"size": (4, MAX_SIZE), "style_dim": (1, MAX_DIM), "z_dim": (1, MAX_DIM),
+            "n_mlp": (1, MAX_MAPPING_LAYERS), "channels": (1, MAX_CHANNELS), "img_channels": (1, MAX_IMG_CHANNELS)}
+
+
+def check_sizes(source: str, **values: object) -> None:
+    """Refuse (WeightFileError naming the field, the value and its bound) any of ``values`` (names of
+    :func:`size_bounds`; ``channels`` may be a list of counts) that is not an int in its range.
+
+    Runs before any module or tensor is built, so a file claiming ``z_dim = 10**7`` costs nothing.
+    """
+    bounds = size_bounds()
+    for name, value in values.items():
+        low, high = bounds[name]
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if type(item) is not int or not low <= item <= high:
+                shown = item if type(item) is int and abs(item) < 10**18 else type(item).__name__
+                raise WeightFileError(explain(
+                    f"{source}: the network's {name} is outside the loader's bound", got=shown,
+                    expected=f"an integer in [{low}, {high}]",
+                    fix="The file is damaged or was crafted; nothing was built. For a larger network of "
+                        "your own, raise olam_edit.adapters.stylegan2.config.MAX_*."))
 
 
 FLAVORS = ("rosinality", "nvlabs")

@@ -24,6 +24,7 @@ from olam_edit.adapters.stylegan2.config import StyleGAN2Config
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from olam_edit.adapters.stylegan2.nvlabs import load_nvlabs_pickle
 from olam_edit.adapters.stylegan2.rosinality import load_rosinality
+from olam_edit.adapters.stylegan2.safety import exception_text, summary
 from olam_edit.errors import WeightFileError, explain
 from olam_edit.files.atomic import atomic_write
 
@@ -64,14 +65,14 @@ def _read_config(path: Path) -> StyleGAN2Config:
     try:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT_NAME:
-            raise WeightFileError(explain(f"{path}: not an olam-edit StyleGAN2 config", got=data.get("format"),
+            raise WeightFileError(explain(f"{path}: not an olam-edit StyleGAN2 config", got=summary(data.get("format")),
                                           expected=FORMAT_NAME))
         return StyleGAN2Config.from_dict(data["config"])
     except WeightFileError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise WeightFileError(explain(f"{path}: unreadable StyleGAN2 config",
-                                      got=f"{type(exc).__name__}: {exc}",
+                                      got=exception_text(exc),
                                       fix="Re-create it with save_stylegan2 / convert_stylegan2.")) from exc
 
 

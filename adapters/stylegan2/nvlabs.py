@@ -8,7 +8,7 @@ import os
 import torch
 
 from olam_edit.adapters.stylegan2.build import build_generator
-from olam_edit.adapters.stylegan2.config import StyleGAN2Config, default_channels
+from olam_edit.adapters.stylegan2.config import StyleGAN2Config, check_sizes, default_channels
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from olam_edit.adapters.stylegan2.rosinality import _describe
 from olam_edit.adapters.stylegan2.safety import exception_text, summary
@@ -41,7 +41,7 @@ def from_nvlabs(g_ema: PersistentRecord, *, source: str = "NVlabs pickle") -> St
     """Convert a ``Generator`` record (StyleGAN2, skip architecture, no labels) to our generator."""
     synthesis, mapping = g_ema.child("synthesis"), g_ema.child("mapping")
     _refuse_unsupported(g_ema, synthesis, source)
-    config = nvlabs_config(g_ema, synthesis, mapping)
+    config = nvlabs_config(g_ema, synthesis, mapping, source)
     state = _nvlabs_mapping_state(mapping, config)
     for res in config.resolutions:
         state |= _nvlabs_block_state(synthesis.child(f"b{res}"), res)
@@ -64,21 +64,27 @@ def _refuse_unsupported(g_ema: PersistentRecord, synthesis: PersistentRecord, so
                                       got=summary(block.state.get("architecture")), expected="skip"))
 
 
-def nvlabs_config(g_ema: PersistentRecord, synthesis: PersistentRecord, mapping: PersistentRecord
-                  ) -> StyleGAN2Config:
-    """Architecture of an NVlabs StyleGAN2 generator, from its records' attributes and shapes."""
-    size = int(g_ema.state["img_resolution"])
+def nvlabs_config(g_ema: PersistentRecord, synthesis: PersistentRecord, mapping: PersistentRecord,
+                  source: str = "NVlabs pickle") -> StyleGAN2Config:
+    """Architecture of an NVlabs StyleGAN2 generator, from its records' attributes and shapes.
+
+    Every size is checked against :func:`~olam_edit.adapters.stylegan2.config.check_sizes`' bounds
+    (WeightFileError) before anything is derived from it.
+    """
+    sizes = {"size": int(g_ema.state["img_resolution"]), "style_dim": int(g_ema.state["w_dim"]),
+             "z_dim": int(g_ema.state["z_dim"]), "n_mlp": int(mapping.state["num_layers"]),
+             "img_channels": int(g_ema.state.get("img_channels", 3))}
+    check_sizes(source, **sizes)
+    size = sizes["size"]
     res_list = [2**i for i in range(2, int(math.log2(size)) + 1)]
     channels = {res: int(synthesis.child(f"b{res}").child("conv1").tensors()["weight"].shape[0])
                 for res in res_list}
+    check_sizes(source, channels=list(channels.values()))
     fc0 = mapping.child("fc0")
     clamp = synthesis.child("b4").child("conv1").state.get("conv_clamp")
     multiplier = next((m for m in (1, 2, 4) if default_channels(size, m) == channels), 2)
-    return StyleGAN2Config(size=size, style_dim=int(g_ema.state["w_dim"]),
-                           n_mlp=int(mapping.state["num_layers"]),
-                           channel_multiplier=multiplier, channels=channels, z_dim=int(g_ema.state["z_dim"]),
+    return StyleGAN2Config(**sizes, channel_multiplier=multiplier, channels=channels,
                            lr_mlp=float(fc0.state.get("bias_gain", 0.01)),
-                           img_channels=int(g_ema.state.get("img_channels", 3)),
                            conv_clamp=None if clamp is None else float(clamp), flavor="nvlabs")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from olam_edit.adapters.stylegan2.build import _check_keys, build_generator
-from olam_edit.adapters.stylegan2.config import StyleGAN2Config, default_channels
+from olam_edit.adapters.stylegan2.config import StyleGAN2Config, check_sizes, default_channels
 from olam_edit.adapters.stylegan2.net import StyleGAN2Generator
 from olam_edit.adapters.stylegan2.ops import blur_kernel
 from olam_edit.adapters.stylegan2.safety import (
@@ -113,6 +113,9 @@ def rosinality_config(g_ema: dict[str, torch.Tensor]) -> StyleGAN2Config:
     except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
         raise WeightFileError(explain("not a rosinality StyleGAN2 g_ema state dict", got=exception_text(exc),
                                       expected="keys style.1.weight, conv1.conv.weight, to_rgb1.*")) from exc
+    check_sizes("rosinality g_ema", size=2 ** min(n_rgbs + 2, 64), style_dim=int(style_dim), z_dim=int(z_dim),
+                channels=[int(c) for c in channels.values()], img_channels=int(img_channels),
+                n_mlp=_count(g_ema, r"style\.\d+\.weight"))
     size = 2 ** (n_rgbs + 2)
     multiplier = next((m for m in (1, 2, 4) if default_channels(size, m) == channels), 2)
     return StyleGAN2Config(size=size, style_dim=int(style_dim), n_mlp=_count(g_ema, r"style\.\d+\.weight"),

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from olam_edit.adapters.stylegan2.opscan import scan_pickle
 from olam_edit.adapters.stylegan2.safety import (
     check_storage_bytes,
     check_view,
@@ -168,17 +169,26 @@ class _ScanUnpickler(_StorageUnpickler):
         return _Stub()
 
 
+def _scanned_load(reader: _HeaderUnpickler, stream: BinaryIO, source: str) -> Any:
+    """``reader.load()`` after :func:`~olam_edit.adapters.stylegan2.opscan.scan_pickle` checked the
+    pickle at the stream's position within bounds."""
+    start = stream.tell()
+    scan_pickle(stream, source=source)
+    stream.seek(start)
+    return reader.load()
+
+
 def _read_frame(stream: BinaryIO, unpickler: type[_StorageUnpickler], source: str) -> tuple[Any, list[StorageClaim]]:
     """The five pickles of the legacy format: the object and its storage claims in the keys' order."""
-    magic = _HeaderUnpickler(stream, source).load()
-    protocol = _HeaderUnpickler(stream, source).load()
+    magic = _scanned_load(_HeaderUnpickler(stream, source), stream, source)
+    protocol = _scanned_load(_HeaderUnpickler(stream, source), stream, source)
     if type(magic) is not int or magic != torch.serialization.MAGIC_NUMBER or protocol != 1001:
         raise WeightFileError(explain(f"{source}: not a torch.save file (legacy format)",
                                       got=f"header {summary(magic)}", fix="Download the file again."))
-    _HeaderUnpickler(stream, source).load()  # system info; the bytes are little-endian whatever it says
+    _scanned_load(_HeaderUnpickler(stream, source), stream, source)  # system info; bytes are little-endian
     reader = unpickler(stream, source)
-    obj = reader.load()
-    keys = _HeaderUnpickler(stream, source).load()
+    obj = _scanned_load(reader, stream, source)
+    keys = _scanned_load(_HeaderUnpickler(stream, source), stream, source)
     if type(keys) is not list or not all(type(k) is str for k in keys) or sorted(keys) != sorted(reader.claims):
         raise WeightFileError(explain(f"{source}: the storage list does not match the tensors",
                                       got=summary(keys), expected=f"the {len(reader.claims)} keys the tensors use"))
@@ -236,13 +246,18 @@ def check_torch_file(path: Path, *, source: str) -> None:
 
 
 def _check_zip(handle: BinaryIO, source: str) -> None:
-    """Every archive entry (its stated uncompressed size) within the per-storage and per-file bounds."""
+    """Every archive entry (its stated uncompressed size) within the per-storage and per-file bounds, and
+    every object pickle (data.pkl) through the opcode scan."""
     handle.seek(0)
     with zipfile.ZipFile(handle) as archive:
         used = 0
         for info in archive.infolist():
             check_storage_bytes(info.file_size, used=used, available=None, source=source)
             used += info.file_size
+        for info in archive.infolist():
+            if info.filename.endswith(".pkl"):  # data.pkl: the object pickle torch.load will read
+                with archive.open(info) as entry:  # streamed: payloads are skipped, never held
+                    scan_pickle(entry, source=source, end=info.file_size)
 
 
 def _refuse_tar(head: bytes, source: str) -> None:

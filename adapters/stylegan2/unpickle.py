@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from olam_edit.adapters.stylegan2.opscan import scan_pickle
 from olam_edit.adapters.stylegan2.rosinality import _describe
 from olam_edit.adapters.stylegan2.safety import (
     check_view,
@@ -221,8 +222,13 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(file: BinaryIO, *, source: str = "pickle") -> Any:
-    """Unpickle ``file`` with :class:`SafeUnpickler`; truncated or foreign data raise WeightFileError."""
+    """Unpickle ``file`` with :class:`SafeUnpickler` after :func:`~olam_edit.adapters.stylegan2.opscan.scan_pickle`
+    checked its opcodes within bounds (UnsafePickleError otherwise); truncated or foreign data raise
+    WeightFileError."""
     try:
+        start = file.tell()
+        scan_pickle(file, source=source)  # memo, payload, nesting and sharing bounds, before unpickling
+        file.seek(start)
         return SafeUnpickler(file, source=source).load()
     except OlamEditError:  # WeightFileError, UnsafePickleError, TensorFlowPickleError
         raise
