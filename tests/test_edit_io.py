@@ -12,6 +12,7 @@ from tiny_models import tiny_dcgan
 
 import olam_edit as oe
 from olam_edit.edit.files import CONFIG_NAME, WEIGHTS_NAME
+from olam_edit.edit.schema import content_digest
 from olam_edit.errors import DTypeMismatchError, EditFileError, NonFiniteError, SchemaVersionError, ShapeMismatchError
 
 
@@ -54,6 +55,7 @@ def _rewrite(folder, mutate_tensors=None, mutate_manifest=None) -> None:
     if mutate_manifest:
         mutate_manifest(manifest)
     meta["olam_edit"] = json.dumps(manifest)
+    meta["olam_edit_digest"] = json.dumps(content_digest(meta["olam_edit"], tensors))  # re-signed: a well-formed file
     save_file(tensors, str(path), metadata=meta)
     (folder / CONFIG_NAME).unlink()
 

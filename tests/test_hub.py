@@ -218,7 +218,8 @@ def test_local_folder_and_its_checksums(tmp_path: Path, edits) -> None:
     assert oe.Edit.from_pretrained(folder / "edit.safetensors").fingerprint == edits[0].fingerprint
     data = (folder / "edit.safetensors").read_bytes()
     (folder / "edit.safetensors").write_bytes(flip_data_byte(data))
-    oe.Edit.load(folder)  # still a well-formed edit: only the checksum can tell
+    with pytest.raises(ChecksumMismatchError, match="digest written with it"):
+        oe.Edit.load(folder)  # a well-formed file, but its own content digest tells
     with pytest.raises(ChecksumMismatchError, match=r"edit\.safetensors"):
         oe.Edit.from_pretrained(folder)
 

@@ -61,6 +61,8 @@ def _add_pull(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to write the edit into (created; must be new or empty)")
     p.add_argument("--revision", default=None, help="branch, tag or commit (default main)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder at --out")
+    p.add_argument("--force-download", action="store_true",
+                   help="download the files again even if they are in the Hugging Face cache")
     p.add_argument("--token", default=None, help="Hub token for private repos (default: HF_TOKEN or the stored login)")
 
 
@@ -68,7 +70,8 @@ def _add_pull(p: argparse.ArgumentParser) -> None:
 def cmd_pull(args: argparse.Namespace) -> int:
     from olam_edit.edit.publish import pull_edit
 
-    out = pull_edit(args.repo_id, args.out, revision=args.revision, token=args.token, overwrite=args.overwrite)
+    out = pull_edit(args.repo_id, args.out, revision=args.revision, token=args.token, overwrite=args.overwrite,
+                    force_download=args.force_download)
     print(f"wrote {out}")
     return 0
 

@@ -9,6 +9,7 @@ bit-for-bit on revert. Edits stack: revert them in the reverse order. :func:`edi
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import weakref
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from torch.func import functional_call
 
 from olam_edit.errors import BaseMismatchError, EditStateError, NonFiniteError, ShapeMismatchError, explain
 from olam_edit.files.fingerprint import tensor_fingerprint
+from olam_edit.files.validate import summary
 from olam_edit.memory.handles import LayerHandle, get_handle
 
 if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
@@ -73,9 +75,17 @@ def check_base(model: Any, edit: Edit) -> None:
 
 
 def _check_base(model: nn.Module, edit: Edit, handle: LayerHandle) -> None:
-    expected = edit.manifest.get("layers", {}).get(handle.name, {}).get("fingerprint")
+    """The layer's base weight must have the fingerprint the manifest records; a missing one is refused."""
+    layers = edit.manifest.get("layers")
+    info = layers.get(handle.name) if isinstance(layers, dict) else None
+    expected = info.get("fingerprint") if isinstance(info, dict) else None
+    if not isinstance(expected, str):
+        raise BaseMismatchError(explain(f"the edit records no base fingerprint for layer {handle.name!r}",
+                                        got=summary(expected), expected="the sha256 of the base layer weight",
+                                        fix="Without it the edit cannot be checked against this model; pass "
+                                            "force=True (--force) to apply it anyway."))
     got = tensor_fingerprint(_base_tensor(model, handle))
-    if expected is not None and got != expected:
+    if got != expected:
         raise BaseMismatchError(
             explain(f"layer {handle.name!r} is not the weight this edit was made for",
                     got=f"fingerprint {got[:16]}…", expected=f"fingerprint {expected[:16]}…",
@@ -83,26 +93,42 @@ def _check_base(model: nn.Module, edit: Edit, handle: LayerHandle) -> None:
         )
 
 
+def _check_shape(handle: LayerHandle, edit: Edit) -> None:
+    got, want = edit.deltas[handle.name].weight_shape(), tuple(handle.effective_weight().shape)
+    if tuple(got) != want:
+        raise ShapeMismatchError(explain(f"the delta for {handle.name!r} does not fit the layer",
+                                         got=got, expected=want))
+
+
 def _new_weight(handle: LayerHandle, edit: Edit, scale: float) -> Tensor:
-    """The layer's new stored weight (computed in float64, cast to the parameter's dtype)."""
+    """The layer's new stored weight: computed in float64, cast to the parameter's dtype, and refused
+    (NonFiniteError) unless finite in that dtype, so a scale or factor that overflows float32 never lands."""
+    _check_shape(handle, edit)
     delta = edit.deltas[handle.name]
     w = handle.effective_weight().detach()
-    if tuple(w.shape) != delta.weight_shape():
-        raise ShapeMismatchError(explain(f"the delta for {handle.name!r} does not fit the layer",
-                                         got=delta.weight_shape(), expected=tuple(w.shape)))
-    dW = delta.dense(torch.float64).to(w.device) * scale
-    w1 = w.to(torch.float64) + dW
-    if not torch.isfinite(w1).all():
-        raise NonFiniteError(explain(f"applying the edit makes {handle.name!r} non-finite",
-                                     fix="Check the edit file; it may be corrupted."))
-    return handle.stored_from_effective(w1).to(handle.parameter.dtype).reshape(handle.parameter.shape)
+    scale = float(scale)
+    if not math.isfinite(scale) or not math.isfinite(delta.scale):
+        raise NonFiniteError(explain(f"the strength for {handle.name!r} is not finite", got=f"{scale} x {delta.scale}",
+                                     expected="a finite number"))
+    dW = delta.dense(torch.float64).to(w.device) * scale  # [*w.shape]
+    w1 = handle.stored_from_effective(w.to(torch.float64) + dW)
+    new = w1.to(handle.parameter.dtype).reshape(handle.parameter.shape)
+    if not (torch.isfinite(w1).all() and torch.isfinite(new).all()):
+        raise NonFiniteError(explain(f"applying the edit makes {handle.name!r} non-finite in "
+                                     f"{str(handle.parameter.dtype).removeprefix('torch.')}",
+                                     got=f"scale {scale:g} x {delta.scale:g}",
+                                     expected="weights that fit the parameter's dtype",
+                                     fix="Use a smaller strength, or check the edit file; it may be corrupted."))
+    return new
 
 
 def apply_edit(model: Any, edit: Edit, *, scale: float = 1.0, force: bool = False) -> None:
     """Apply ``edit`` (times ``scale``) to ``model`` in place, after validating every layer.
 
-    Raises BaseMismatchError if a layer's base weight differs from the one the edit was made for
-    (unless ``force``), EditStateError if this edit is already applied. Nothing is changed on error.
+    Raises ShapeMismatchError for a delta that does not fit its layer, BaseMismatchError if a layer's
+    base weight differs from the one the edit was made for or the manifest records no fingerprint for it
+    (unless ``force``), NonFiniteError if a new weight would not be finite in the parameter's dtype, and
+    EditStateError if this edit is already applied. Nothing is changed on error.
     """
     module = target_module(model, edit)
     stack = _STACKS.setdefault(module, [])
@@ -111,6 +137,8 @@ def apply_edit(model: Any, edit: Edit, *, scale: float = 1.0, force: bool = Fals
         raise EditStateError(explain("this edit is already applied to the model",
                                      fix="Revert it first, or use a scaled copy (edit.scaled(s)) to change strength."))
     handles = [get_handle(module, name) for name in edit.deltas]
+    for h in handles:
+        _check_shape(h, edit)
     if not force:
         for h in handles:
             _check_base(module, edit, h)

@@ -83,7 +83,9 @@ class Edit:
 
     @classmethod
     def load(cls, directory: str | Path) -> Edit:
-        """Read and validate an edit folder written by :meth:`save`."""
+        """Read and validate an edit folder written by :meth:`save`: the manifest schema, the content digest
+        stored in ``edit.safetensors`` (a file without one, from an older version, loads with a warning),
+        names, dtypes, shapes, finiteness and orthonormal directions."""
         return cls(*files.read_edit(directory))
 
     @classmethod

@@ -19,14 +19,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from olam_edit.edit import schema as S
+from olam_edit.edit.schema import KNOWN_KEYS, SCHEMA_VERSION
 from olam_edit.errors import (
     DTypeMismatchError,
     EditFileError,
     NonFiniteError,
-    SchemaVersionError,
+    OlamEditError,
     ShapeMismatchError,
     explain,
 )
+from olam_edit.files import validate as V
 from olam_edit.files.atomic import atomic_save_safetensors, atomic_write_bytes
 from olam_edit.files.fingerprint import tensor_fingerprint
 from olam_edit.memory import layout as L
@@ -34,9 +37,6 @@ from olam_edit.memory.delta import Delta
 
 if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
     from olam_edit.edit.core import Edit
-
-SCHEMA_VERSION = 1  # of the manifest; files from a newer schema load with a warning
-
 
 def content_fingerprint(deltas: dict[str, Delta]) -> str:
     """sha256 over the layer names, layouts, scales and factor bytes: identifies an edit's content."""
@@ -50,20 +50,26 @@ def content_fingerprint(deltas: dict[str, Delta]) -> str:
 WEIGHTS_NAME = "edit.safetensors"
 CONFIG_NAME = "edit_config.json"
 METADATA_KEY = "olam_edit"
-KNOWN_KEYS = {"schema_version", "olam_edit_version", "base_model", "component", "layers", "solver", "recipe",
-              "stats_fingerprint", "rule", "metrics", "license", "description", "tags", "created_with"}
+DIGEST_KEY = "olam_edit_digest"
+__all__ = ["CONFIG_NAME", "DIGEST_KEY", "KNOWN_KEYS", "METADATA_KEY", "SCHEMA_VERSION", "WEIGHTS_NAME",
+           "content_fingerprint", "read_edit", "save_edit"]
 
 
 def save_edit(edit: Edit, directory: str | Path) -> Path:
-    """Write the edit folder; each file is written to a temporary name and renamed into place."""
+    """Write the edit folder; each file is written to a temporary name and renamed into place.
+
+    The weights file's metadata carries the manifest and its content digest (:func:`schema.content_digest`
+    over that manifest text and every tensor), which :func:`read_edit` checks.
+    """
     out = Path(directory)
     tensors = {}
     for name, d in edit.deltas.items():
         tensors[f"{name}.lambda"] = d.lam.detach().to(torch.float32).cpu().contiguous()
         tensors[f"{name}.directions"] = d.directions.detach().to(torch.float32).cpu().contiguous()
     meta = _with_scales(edit)
-    atomic_save_safetensors(tensors, out / WEIGHTS_NAME, {METADATA_KEY: json.dumps(meta, sort_keys=True),
-                                                          "format": "pt"})
+    text = json.dumps(meta, sort_keys=True)
+    digest = json.dumps(S.content_digest(text, tensors), sort_keys=True)
+    atomic_save_safetensors(tensors, out / WEIGHTS_NAME, {METADATA_KEY: text, DIGEST_KEY: digest, "format": "pt"})
     atomic_write_bytes(out / CONFIG_NAME, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return out
 
@@ -76,89 +82,100 @@ def _with_scales(edit: Edit) -> dict[str, Any]:
     return meta
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    if not path.is_file():
-        raise EditFileError(explain(f"no {WEIGHTS_NAME} in {path.parent}",
-                                    fix="Point at a folder written by Edit.save() or olam-edit rewrite."))
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise EditFileError(explain(f"{path} is not a readable safetensors file (truncated or corrupted?)",
-                                    got=str(e)[:200])) from e
+def _header(f: Any, path: Path) -> tuple[str, dict[str, Any]]:
+    """The manifest text and the validated manifest stored in an open safetensors file."""
+    meta = dict(f.metadata() or {})
     if METADATA_KEY not in meta:
-        raise EditFileError(explain(f"{path} has no olam-edit manifest", got=sorted(meta),
+        raise EditFileError(explain(f"{path} has no olam-edit manifest", got=sorted(meta)[:10],
                                     expected=f"metadata key {METADATA_KEY!r}"))
-    try:
-        return json.loads(meta[METADATA_KEY]), tensors
-    except json.JSONDecodeError as e:
-        raise EditFileError(explain(f"the manifest in {path} is not valid JSON", got=str(e))) from e
+    text = meta[METADATA_KEY]
+    raw = V.parse_json(text, EditFileError, where=f"the manifest in {path}")
+    return text, S.check_manifest(raw, f"the manifest in {path.name}")
 
 
-def _check_manifest(manifest: Any) -> dict[str, Any]:
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), dict):
-        raise EditFileError(explain("the edit manifest has no 'layers' table", got=type(manifest).__name__))
-    version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise SchemaVersionError(explain("the edit was written with a newer file schema", got=version,
-                                         expected=f"<= {SCHEMA_VERSION}", fix="pip install -U olam-edit"))
-    unknown = sorted(set(manifest) - KNOWN_KEYS)
-    if unknown:
-        warnings.warn(f"olam-edit: ignoring unknown manifest keys {unknown} (written by a newer version?)",
-                      stacklevel=3)
-    return {k: v for k, v in manifest.items() if k in KNOWN_KEYS}
+def _want(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """``{tensor name: shape}`` the manifest announces (lambda and directions of each layer)."""
+    want = {}
+    for n, info in manifest["layers"].items():
+        w_shape = torch.Size(info["shape"])
+        want[f"{n}.lambda"] = L.lam_shape(info["layout"], w_shape, info["rank"])
+        want[f"{n}.directions"] = (info["rank"], L.key_dim(info["layout"], w_shape))
+    return want
 
 
-def _check_names(manifest: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-    want = {f"{n}.{part}" for n in manifest["layers"] for part in ("lambda", "directions")}
-    missing, extra = sorted(want - set(tensors)), sorted(set(tensors) - want)
+def _tensors(f: Any, manifest: dict[str, Any]) -> dict[str, Tensor]:
+    """The tensors, after checking names, dtypes and shapes from the header (before reading any data)."""
+    want = _want(manifest)
+    names = set(f.keys())
+    missing, extra = sorted(set(want) - names), sorted(names - set(want))
     if missing or extra:
         raise EditFileError(explain("the edit file's tensors do not match its manifest",
-                                    got=f"missing {missing}, unexpected {extra}",
-                                    expected=f"exactly {sorted(want)}"))
+                                    got=f"missing {missing[:10]}, unexpected {extra[:10]}",
+                                    expected=f"exactly {sorted(want)[:10]}"))
+    for k, shape in want.items():
+        sl = f.get_slice(k)
+        dtype, got = sl.get_dtype(), tuple(sl.get_shape())
+        if dtype != "F32":
+            raise DTypeMismatchError(explain(f"{k} has the wrong dtype", got=dtype, expected="float32 (F32)"))
+        if got != tuple(shape):
+            raise ShapeMismatchError(explain(f"factors of {k.rsplit('.', 1)[0]!r} do not fit its layer",
+                                             got=f"{k.rsplit('.', 1)[1]} {got[:V.MAX_DIMS]}",
+                                             expected=f"{k.rsplit('.', 1)[1]} {tuple(shape)}"))
+    return {k: f.get_tensor(k) for k in want}
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The validated manifest and tensors of ``path``, the content digest checked (when present)."""
+    if not path.exists() and not path.is_symlink():
+        raise EditFileError(explain(f"no {WEIGHTS_NAME} in {path.parent}",
+                                    fix="Point at a folder written by Edit.save() or olam-edit rewrite."))
+    V.regular_file(path, EditFileError)  # a FIFO would block the open below forever
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text, manifest = _header(f, path)
+            tensors = _tensors(f, manifest)
+            stored = (f.metadata() or {}).get(DIGEST_KEY)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        if isinstance(e, OlamEditError):
+            raise
+        raise EditFileError(explain(f"{path} is not a readable safetensors file (truncated or corrupted?)",
+                                    got=str(e)[:200])) from e
+    if stored is None:
+        warnings.warn(f"olam-edit: {path} carries no content digest (written by an older version); its tensors "
+                      "are validated but cannot be checked for corruption. Re-save it to add one.", stacklevel=4)
+    else:
+        S.check_digest(V.parse_json(stored, EditFileError, where=f"the digest in {path}"), text, tensors, str(path))
+    return manifest, tensors
 
 
 def _delta(name: str, info: dict[str, Any], lam: Tensor, D: Tensor) -> Delta:
     for part, t in (("lambda", lam), ("directions", D)):
-        if t.dtype != torch.float32:
-            raise DTypeMismatchError(explain(f"{name}.{part} has the wrong dtype", got=t.dtype, expected="float32"))
         if not torch.isfinite(t).all():
             raise NonFiniteError(explain(f"{name}.{part} contains NaN or Inf", fix="The file is corrupted."))
-    layout, shape, rank = info.get("layout"), info.get("shape"), info.get("rank")
-    if layout not in L.LAYOUTS or not isinstance(shape, list) or not isinstance(rank, int):
-        raise EditFileError(explain(f"manifest entry of {name!r} is incomplete", got=info,
-                                    expected="layout, shape and rank"))
-    key_dim = L.key_dim(layout, torch.Size(shape))
-    want_lam = L.lam_shape(layout, torch.Size(shape), rank)
-    if tuple(D.shape) != (rank, key_dim) or tuple(lam.shape) != want_lam:
-        raise ShapeMismatchError(explain(f"factors of {name!r} do not fit its layer",
-                                         got=f"lambda {tuple(lam.shape)}, directions {tuple(D.shape)}",
-                                         expected=f"lambda {want_lam}, directions {(rank, key_dim)}"))
-    return Delta(lam, D, layout, float(info.get("scale", 1.0)))
+    S.check_orthonormal(name, D)
+    return Delta(lam, D, info["layout"], info["scale"])
 
 
 def read_edit(directory: str | Path) -> tuple[dict[str, Delta], dict[str, Any]]:
-    """The deltas and manifest of an edit folder, after validating names, dtypes, shapes, finiteness
-    and schema (``Edit.load`` builds the edit from them)."""
+    """The deltas and manifest of an edit folder, after validating the manifest schema
+    (:func:`olam_edit.edit.schema.check_manifest`), names, dtypes, shapes, the content digest,
+    finiteness and orthonormal directions (``Edit.load`` builds the edit from them)."""
     folder = Path(directory)
-    raw, tensors = _read(folder / WEIGHTS_NAME)
-    manifest = _check_manifest(raw)
-    _check_names(manifest, tensors)
+    manifest, tensors = _read(folder / WEIGHTS_NAME)
     deltas = {n: _delta(n, info, tensors[f"{n}.lambda"], tensors[f"{n}.directions"])
               for n, info in manifest["layers"].items()}
-    _check_config(folder / CONFIG_NAME, raw)
+    _check_config(folder / CONFIG_NAME, manifest)
     return deltas, manifest
 
 
 def _check_config(path: Path, manifest: dict[str, Any]) -> None:
     """edit_config.json, when present, must describe the same layers as the weights file."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise EditFileError(explain(f"{path} is not valid JSON", got=str(e))) from e
+    raw = V.read_json(path, EditFileError)
+    if not isinstance(raw, dict) or raw.get("layers") is None:
+        raise V.fail(EditFileError, path.name, raw, "an edit manifest (a JSON object with 'layers')")
+    config = S.check_manifest(raw, path.name)
     if config.get("layers") != manifest.get("layers"):
         raise EditFileError(explain(f"{path.name} and {WEIGHTS_NAME} describe different edits",
                                     fix="Re-save the edit; the folder mixes files of two edits."))

@@ -1,4 +1,5 @@
-"""PLACEHOLDER"""
+"""Publishing edits: checksums over every file of an edit folder, verified loading from a folder or a
+Hub repo (bad cached downloads evicted), staging, ``push_edit`` and ``pull_edit``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import shutil
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safetensors import safe_open
 
 from olam_edit.edit.files import CONFIG_NAME, METADATA_KEY, WEIGHTS_NAME, content_fingerprint, read_edit
+from olam_edit.edit.schema import check_checksums
 from olam_edit.errors import (
     ChecksumMismatchError,
     EditFileError,
@@ -23,6 +26,7 @@ from olam_edit.errors import (
     explain,
 )
 from olam_edit.files.atomic import atomic_copy, atomic_write_bytes, make_staging_dir
+from olam_edit.files.validate import read_json, regular_file
 from olam_edit.hub.errors import hub_errors
 from olam_edit.hub.repo import _prepare_repo, check_repo_id, looks_like_repo_id, sha256_file, write_token
 from olam_edit.memory.delta import Delta
@@ -48,68 +52,71 @@ EDIT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CHECKSUMS_NAME)
 PULLED_FILES = (*EDIT_FILES, CARD_NAME, PICTURE_NAME)
 
 
+COVERED_FILES = (*CHECKED_FILES, CARD_NAME, PICTURE_NAME)  # what checksums.json records
+
+
+OPTIONAL_FILES = (CARD_NAME, PICTURE_NAME)  # may be absent from a folder (from_pretrained fetches neither)
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def write_checksums(folder: Path, edit: Edit) -> dict[str, str]:
-    """Write ``checksums.json`` for the edit files in ``folder``; returns ``{file: sha256}``."""
-    files = {name: sha256_file(folder / name) for name in CHECKED_FILES}
+    """Write ``checksums.json`` covering every file of ``folder`` (the edit files, and the card and picture
+    when present); returns ``{file: sha256}``."""
+    files = {name: sha256_file(folder / name) for name in COVERED_FILES if (folder / name).is_file()}
     record = {"algorithm": "sha256", "files": files, "edit_fingerprint": edit.fingerprint}
     atomic_write_bytes(folder / CHECKSUMS_NAME, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return files
 
 
-def verify_checksums(folder: Path) -> dict[str, Any] | None:
-    """Check every file ``checksums.json`` lists against its sha256; None when there is no such file.
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
 
-    Raises ChecksumMismatchError naming the file and both digests, EditFileError when a listed file
-    is missing or the record is malformed.
+
+def verify_checksums(folder: Path, names: Iterable[str] | None = None) -> dict[str, Any] | None:
+    """Check the files ``checksums.json`` lists (those among ``names``, when given) against their sha256;
+    None when there is no such file.
+
+    A listed edit file that is missing raises EditFileError; a missing card or picture (not downloaded,
+    or removed) is skipped. Raises ChecksumMismatchError naming the file and both digests; its ``files``
+    attribute lists the names that differ. Only regular files are opened.
     """
     path = folder / CHECKSUMS_NAME
-    if not path.is_file():
+    if not _present(path):
         return None
-    record = _read_checksums(path)
-    for name, expected in record["files"].items():
+    record = check_checksums(read_json(path, EditFileError, max_bytes=1 << 20), str(path), WEIGHTS_NAME)
+    wanted = set(record["files"]) if names is None else set(names) & set(record["files"])
+    for name in sorted(wanted):
         target = folder / name
-        if not target.is_file():
+        if not _present(target):
+            if name in OPTIONAL_FILES:
+                continue
             raise EditFileError(explain(f"{name} is listed in {CHECKSUMS_NAME} but missing from {folder}"))
-        got = sha256_file(target)
+        got = sha256_file(regular_file(target, EditFileError))
+        expected = record["files"][name]
         if got != expected:
-            raise ChecksumMismatchError(explain(f"{name} does not match its recorded checksum (corrupted or altered)",
-                                                got=f"sha256 {got}", expected=f"sha256 {expected}",
-                                                fix="Fetch it again (force_download=True for a Hub download); if "
-                                                    "it persists, the published files are damaged: ask the author "
-                                                    "to push again."))
-    return record
-
-
-def _read_checksums(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EditFileError(explain(f"{path} is not valid JSON", got=str(e)[:160])) from e
-    files = record.get("files") if isinstance(record, dict) else None
-    ok = record.get("algorithm") == "sha256" if isinstance(record, dict) else False
-    if not ok or not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise EditFileError(explain(f"{path} is not an olam-edit checksum record",
-                                    expected='{"algorithm": "sha256", "files": {name: hex}}'))
-    if WEIGHTS_NAME not in files:
-        raise EditFileError(explain(f"{path} has no checksum for {WEIGHTS_NAME}", got=sorted(files)))
-    bad = [name for name in files if "/" in name or "\\" in name or name.startswith(".")]
-    if bad:
-        raise EditFileError(explain(f"{path} lists files outside the edit folder", got=bad))
+            error = ChecksumMismatchError(explain(f"{name} does not match its recorded checksum (corrupted or "
+                                                  "altered)", got=f"sha256 {got}", expected=f"sha256 {expected}",
+                                                  fix="Fetch it again (--force-download, or force_download=True); "
+                                                      "if it persists, the published files are damaged: ask the "
+                                                      "author to push again."))
+            error.files = [name]  # type: ignore[attr-defined]
+            raise error
     return record
 
 
 def _manifests_agree(folder: Path) -> None:
     """``edit_config.json`` must hold exactly the manifest stored in ``edit.safetensors``."""
-    config = folder / CONFIG_NAME
-    if not config.is_file():
+    config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not _present(config):
         return
+    regular_file(config, EditFileError, max_bytes=16 << 20)
+    regular_file(weights, EditFileError)
     try:
-        with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
+        with safe_open(str(weights), framework="pt") as f:
             stored = json.loads((f.metadata() or {})[METADATA_KEY])
-        readable = json.loads(config.read_text())
+        readable = json.loads(config.read_bytes())
     except Exception:  # unreadable files: Edit.load reports them precisely
         return
     if stored != readable:
@@ -118,12 +125,13 @@ def _manifests_agree(folder: Path) -> None:
                                                 "again."))
 
 
-def verified_parts(folder: str | Path) -> tuple[dict[str, Delta], dict[str, Any]]:
+def verified_parts(folder: str | Path, names: Iterable[str] | None = None
+                   ) -> tuple[dict[str, Delta], dict[str, Any]]:
     """The deltas and manifest of an edit folder after checking ``checksums.json`` (when present), the
     two manifests' agreement, every check of :func:`~olam_edit.edit.files.read_edit`, and the published
     content fingerprint. ``Edit.load_verified`` builds the edit from them."""
     folder = Path(folder)
-    record = verify_checksums(folder)
+    record = verify_checksums(folder, names)
     _manifests_agree(folder)
     deltas, manifest = read_edit(folder)
     expected = (record or {}).get("edit_fingerprint")
@@ -156,11 +164,12 @@ def stage_edit(edit: Edit, folder: Path, repo_id: str, picture: bytes | None = N
     from olam_edit.edit.card import build_model_card
 
     edit.save(folder)
-    sums = write_checksums(folder, edit)
+    sums = {name: sha256_file(folder / name) for name in CHECKED_FILES}  # the card shows the edit files' digests
     if picture is not None:
         atomic_write_bytes(folder / PICTURE_NAME, picture)
     card = build_model_card(edit, repo_id, picture=PICTURE_NAME if picture is not None else None, checksums=sums)
     atomic_write_bytes(folder / CARD_NAME, card.content.encode())
+    write_checksums(folder, edit)  # last: it covers the card and the picture too
     return folder
 
 
@@ -248,7 +257,37 @@ def fetch_verified(repo_id_or_dir: str | Path, revision: str | None = None, *, e
                            local_files_only=local_files_only, force_download=force_download)
     except HubNotFoundError as e:
         raise HubNotFoundError(f"{e} (and there is no local folder {spec!r})") from e
-    return verified_parts(folder)
+    return _verified_download(folder, EDIT_FILES)
+
+
+def _verified_download(folder: Path, names: tuple[str, ...]) -> tuple[dict[str, Delta], dict[str, Any]]:
+    """:func:`verified_parts` of a Hub snapshot; on a checksum failure the bad cached copies are evicted
+    (so the next try downloads them again) before the error is raised."""
+    try:
+        return verified_parts(folder, names)
+    except ChecksumMismatchError as e:
+        evict_cached(folder, getattr(e, "files", names))
+        raise
+
+
+def evict_cached(snapshot: Path, names: Iterable[str]) -> list[str]:
+    """Delete ``names`` from a huggingface_hub cache ``snapshot`` folder: each snapshot link and the blob it
+    points to (only a blob in that repo's own ``blobs`` folder). Returns the names removed."""
+    blobs = (snapshot.parent.parent / "blobs").resolve()
+    removed = []
+    for name in names:
+        link = snapshot / name
+        if not _present(link):
+            continue
+        target = link.resolve() if link.is_symlink() else None
+        link.unlink()
+        if target is not None and target.parent == blobs:
+            target.unlink(missing_ok=True)
+        removed.append(name)
+    if removed:
+        warnings.warn(f"olam-edit: removed the damaged cached {', '.join(removed)}; the next try downloads "
+                      "again", stacklevel=4)
+    return removed
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -274,6 +313,19 @@ def _replace_dir(staged: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _copyable(folder: Path) -> list[str]:
+    """The pulled files to copy: with a checksum record only the files it covers (an unrecorded card or
+    picture of an older push is skipped with a warning: it could not be checked), else every one."""
+    present = [n for n in PULLED_FILES if (folder / n).is_file()]
+    if CHECKSUMS_NAME not in present:
+        return present
+    listed = set(read_json(folder / CHECKSUMS_NAME, EditFileError)["files"]) | {CHECKSUMS_NAME}
+    skipped = [n for n in present if n not in listed]
+    if skipped:
+        warnings.warn(f"olam-edit: not copying {skipped}: {CHECKSUMS_NAME} does not cover them", stacklevel=3)
+    return [n for n in present if n in listed]
+
+
 def pull_edit(repo_id: str, out_dir: str | Path, *, revision: str | None = None, endpoint: str | None = None,
               token: str | bool | None = None, cache_dir: str | Path | None = None, local_files_only: bool = False,
               force_download: bool = False, overwrite: bool = False) -> Path:
@@ -288,12 +340,11 @@ def pull_edit(repo_id: str, out_dir: str | Path, *, revision: str | None = None,
     _check_output(out, overwrite)
     folder = _snapshot(repo_id, PULLED_FILES, revision=revision, endpoint=endpoint, token=token,
                        cache_dir=cache_dir, local_files_only=local_files_only, force_download=force_download)
-    verified_parts(folder)
+    _verified_download(folder, PULLED_FILES)
     staged = make_staging_dir(out.parent, out.name)  # the umask's folder mode, not mkdtemp's 0700
     try:
-        for name in PULLED_FILES:
-            if (folder / name).is_file():
-                atomic_copy(folder / name, staged / name)
+        for name in _copyable(folder):
+            atomic_copy(folder / name, staged / name)
         _replace_dir(staged, out)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
