@@ -23,7 +23,9 @@ from olam_edit import SecondMoment, collect_stats, get_handle, list_layers, prev
 from olam_edit.edit.apply import model_lock
 from olam_edit.edit.core import Edit
 from olam_edit.errors import RequestError, explain
+from olam_edit.files.validate import summary
 from olam_edit.memory.handles import LayerHandle
+from olam_edit.rules.spatial.request import MAX_SEED
 
 STATS_SEED = 1  # the reference collects C over latents drawn from seed 1
 
@@ -34,10 +36,11 @@ def default_cache_dir() -> Path:
 
 
 def check_seeds(seeds: Sequence[Any]) -> list[int]:
-    """Seeds must be non-negative integers (bools and floats are refused)."""
-    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    """Seeds must be integers in [0, MAX_SEED] (2**64 - 1, torch's limit; bools and floats are refused)."""
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED]
     if bad:
-        raise RequestError(explain("seeds must be non-negative integers", got=bad[:5],
+        raise RequestError(explain("seeds must be integers in [0, 2**64 - 1]",
+                                   got=", ".join(summary(s) for s in bad[:5]),
                                    fix="Use whole numbers like 0, 1, 2."))
     return list(seeds)
 

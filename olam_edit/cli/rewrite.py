@@ -75,12 +75,36 @@ def cmd_example(args: argparse.Namespace) -> int:
 cmd_example.configure = _add_example
 
 
+def _smoothness(text: str) -> float:
+    """``--smoothness``: a finite number >= 0 (nan, inf and negatives are refused, never used)."""
+    from olam_edit.errors import RequestError
+    from olam_edit.memory.solve import check_smoothness
+
+    try:
+        return check_smoothness(float(text))
+    except (ValueError, RequestError) as e:
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, RequestError) else f"not a number: {text[:40]!r}"
+                                         ) from None
+
+
+def _samples(text: str) -> int:
+    """``--samples``: a whole number of samples in [1, 1000000]."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number of samples in [1, 1000000], got {text[:40]!r}")
+    return n
+
+
 def _add_rewrite(p: argparse.ArgumentParser) -> None:
     p.add_argument("request", help="request JSON (like olam_edit/rules/spatial/examples/*.json)")
     p.add_argument("--model", default="default", help="generator: 'default', a path or a Hub id")
     p.add_argument("--out", required=True, help="folder to write the edit into")
-    p.add_argument("--smoothness", type=float, default=DEFAULT_SMOOTHNESS, help="the paper's 1/lambda")
-    p.add_argument("--samples", type=int, default=1000, help="samples for the key statistics")
+    p.add_argument("--smoothness", type=_smoothness, default=DEFAULT_SMOOTHNESS,
+                   help="the paper's 1/lambda: a finite number >= 0 (default 1)")
+    p.add_argument("--samples", type=_samples, default=1000, help="samples for the key statistics (1..1000000)")
     p.add_argument("--grid", default=None, help="also write a before/after PNG over held-out seeds")
 
 
@@ -113,6 +137,8 @@ def _add_apply(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", required=True, help="before/after PNG to write")
     p.add_argument("--scale", type=float, default=1.0, help="strength (0 = base model)")
     p.add_argument("--force", action="store_true", help="apply even if the base fingerprint differs")
+    p.add_argument("--force-download", action="store_true",
+                   help="download a Hub edit again even if it is in the Hugging Face cache")
 
 
 @command("apply", "render samples before and after applying an edit")
@@ -121,7 +147,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from olam_edit.edit.apply import apply_edit, revert_edit
     from olam_edit.edit.core import Edit
 
-    edit = Edit.from_pretrained(args.edit, revision=args.revision)  # a folder or a Hub id, verified
+    edit = Edit.from_pretrained(args.edit, revision=args.revision,  # a folder or a Hub id, verified
+                                force_download=args.force_download)
     gen = load_generator(args.model)
     apply_edit(gen.model, edit, scale=args.scale, force=args.force)  # validates the base before rendering
     revert_edit(gen.model, edit)

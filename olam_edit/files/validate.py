@@ -13,16 +13,21 @@ Contracts:
   ``max_depth`` before ``json`` recurses into it.
 * :func:`field`, :func:`number`, :func:`text`, :func:`shape` check one value each; ``where`` names
   the value in the message (``"edit_config.json: layers['main.6'].rank"``).
+* :func:`open_image` reads an image's size from its header and refuses more than ``max_pixels``
+  pixels before anything is decompressed (PIL's own ``Image.MAX_IMAGE_PIXELS`` is set to
+  :data:`MAX_IMAGE_PIXELS` too, and its decompression-bomb error becomes the reader's error).
 * Values that came from a file are shown through :func:`summary`, never through ``repr`` of an
   arbitrary object (which may be huge or slow).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import stat
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ MAX_JSON_DEPTH = 64  # our deepest manifest nests 6 levels
 MAX_TEXT = 4096  # characters in one string field (names, ids, descriptions)
 MAX_DIMS = 8  # tensor dimensions in a shape field (conv weights have 4)
 MAX_ELEMENTS = 1 << 31  # elements of one tensor a shape field may describe
+MAX_IMAGE_PIXELS = 4096 * 4096  # 16.7 MP: pixels of one decoded image or mask (masks are resized to a layer grid)
 
 
 def summary(value: object, limit: int = 60) -> str:
@@ -165,3 +171,39 @@ def shape(value: object, error: type[OlamEditError], *, where: str, max_dims: in
     if math.prod(dims) > max_elements:
         raise fail(error, where, value, f"at most {max_elements} elements")
     return dims
+
+
+def open_image(raw: bytes, error: type[OlamEditError], *, where: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Any:
+    """``raw`` decoded into a loaded PIL image of at most ``max_pixels`` pixels, else ``error``.
+
+    The size comes from the header (``Image.open`` decodes nothing) and is checked before ``load``,
+    so a small file that claims a huge image costs no memory.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL's own bomb check, explicitly at our bound
+    too_big = f"at most {max_pixels} pixels (e.g. 4096 x 4096)"
+
+    def check(w: int, h: int) -> None:
+        if w * h > max_pixels:
+            raise error(explain(f"{where} is too large", got=f"{w} x {h} pixels", expected=too_big,
+                                fix="Downscale the image first."))
+
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR" and len(raw) >= 24:
+        check(*struct.unpack(">II", raw[16:24]))  # the PNG header's own width and height, before PIL
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound is checked below
+            im = Image.open(io.BytesIO(raw))
+            check(*im.size)
+            im.load()
+        return im
+    except Image.DecompressionBombError as e:
+        raise error(explain(f"{where} is too large", got=str(e)[:120], expected=too_big)) from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        if isinstance(e, OlamEditError):
+            raise
+        raise error(explain(f"{where} is not a readable image", got=str(e)[:120])) from e

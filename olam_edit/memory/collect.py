@@ -2,7 +2,9 @@
 
 The forward stops as soon as every requested layer has seen its input. Results are cached under a
 fingerprint of everything they depend on (model weights, layer, sampler settings, sample count,
-dtype), partial sums are checkpointed atomically so an interrupted run resumes.
+dtype), partial sums are checkpointed atomically so an interrupted run resumes. A cache entry or
+checkpoint that fails SecondMoment.load's checks (digest, count, symmetry, finiteness, schema) is
+renamed to ``<name>.corrupt-<time>`` with a CorruptCacheWarning and recomputed, never used.
 
 Across processes (a ``torch.distributed`` group the caller initialised, or the one
 :mod:`olam_edit.memory.distributed` joins under torchrun): rank ``r`` of ``world`` takes batches
@@ -14,7 +16,10 @@ fingerprint does not depend on the world size.
 
 from __future__ import annotations
 
+import os
 import re
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +29,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from olam_edit._version import __version__
-from olam_edit.errors import RequestError, explain
+from olam_edit.errors import RequestError, StaleStatisticsError, StatsFileError, explain
 from olam_edit.files.fingerprint import json_fingerprint, model_fingerprint
 from olam_edit.memory import distributed
 from olam_edit.memory.handles import LayerHandle, get_handle
 from olam_edit.memory.stats import STATS_SCHEMA, SecondMoment
+
+
+class CorruptCacheWarning(UserWarning):
+    """A statistics cache entry (or partial checkpoint) was corrupt; it was moved aside and recomputed."""
 
 
 class _StopForward(Exception):
@@ -125,31 +134,54 @@ def collect_stats(
 def _load_cached(cache: Path, fps: dict[str, str]) -> dict[str, SecondMoment]:
     found = {}
     for name, fp in fps.items():
-        path = _cache_path(cache, name, fp)
-        if path.exists():
-            found[name] = SecondMoment.load(path, expect_fingerprint=fp)
+        sm = _load_or_move_aside(_cache_path(cache, name, fp), fp)
+        if sm is not None:
+            found[name] = sm
     return found
 
 
-def _resume(cache: Path | None, todo: list[LayerHandle], fps: dict[str, str], rank: int, world: int
-            ) -> tuple[dict[str, SecondMoment], int]:
-    """Moments to start from and how many of this process's batches they already hold.
+def _load_or_move_aside(path: Path, fp: str) -> SecondMoment | None:
+    """The cache entry at ``path`` (None when absent); a corrupt or foreign one is renamed to
+    ``<name>.corrupt-<time>`` with a warning, and None is returned so that it is recomputed."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        return SecondMoment.load(path, expect_fingerprint=fp)
+    except (StatsFileError, StaleStatisticsError) as e:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
+        try:
+            os.replace(path, aside)
+        except OSError as moved:
+            raise StatsFileError(explain(f"cannot move the unusable cache entry {path} aside", got=str(moved)[:160],
+                                         fix=f"Delete {path} and run again.")) from e
+        warnings.warn(f"statistics cache entry {path.name} is unusable ({e.what}); moved it to {aside.name} "
+                      "and collecting it again", CorruptCacheWarning, stacklevel=4)
+        return None
+
+
+def _resume(cache: Path | None, todo: list[LayerHandle], fps: dict[str, str], rank: int, world: int,
+            n_mine: int) -> tuple[dict[str, SecondMoment], int]:
+    """Moments to start from and how many of this process's ``n_mine`` batches they already hold.
 
     A partial sum is resumed only by the same rank of a world of the same size (another world
-    splits the batches differently).
+    splits the batches differently), and only when it is intact and claims 1..n_mine batches; a
+    corrupt one is moved aside (see :func:`_load_or_move_aside`) and the run starts over.
     """
     fresh = {h.name: SecondMoment(h.key_dim, device=h.parameter.device) for h in todo}
     if cache is None or not fps:
         return fresh, 0
     parts = {}
     for h in todo:
-        path = _cache_path(cache, h.name, fps[h.name], f".rank{rank}.partial")
-        if not path.exists():
+        sm = _load_or_move_aside(_cache_path(cache, h.name, fps[h.name], f".rank{rank}.partial"), fps[h.name])
+        if sm is None:
             return fresh, 0
-        parts[h.name] = SecondMoment.load(path, expect_fingerprint=fps[h.name])
-    steps = {int(p.manifest["batches_done"]) for p in parts.values()}
-    same_world = all(int(p.manifest.get("world_size", 1)) == world for p in parts.values())
-    return (parts, steps.pop()) if len(steps) == 1 and same_world else (fresh, 0)
+        parts[h.name] = sm
+    steps = {p.manifest.get("batches_done") for p in parts.values()}
+    same_world = all(p.manifest.get("world_size", 1) == world for p in parts.values())
+    step = steps.pop() if len(steps) == 1 else None
+    if not same_world or not isinstance(step, int) or not 0 < step <= n_mine:
+        return fresh, 0
+    return parts, step
 
 
 def _save_partial(cache: Path, moments: dict[str, SecondMoment], fps: dict[str, str], rank: int,
@@ -164,7 +196,7 @@ def _run(model: nn.Module, todo: list[LayerHandle], batches: Sequence[Any], forw
          progress: bool) -> dict[str, SecondMoment]:
     rank, world = distributed.rank_and_world()
     mine = list(range(rank, len(batches), world))  # this rank's batches; the ranks' union is all of them
-    moments, start = _resume(cache, todo, fps, rank, world)
+    moments, start = _resume(cache, todo, fps, rank, world, len(mine))
     collector = _Collector(todo, moments)
     bar = tqdm(total=len(mine), initial=start, disable=not progress, desc="collecting key statistics")
     for step in range(start, len(mine)):

@@ -11,13 +11,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from olam_edit.errors import EmptySelectionError, NonFiniteError, ShapeMismatchError, explain
+from olam_edit.errors import EmptySelectionError, NonFiniteError, RequestError, ShapeMismatchError, explain
+from olam_edit.files.validate import summary
 from olam_edit.memory.linalg import cholesky
 
 # Ridge of the spatial rule's C, relative to its mean eigenvalue. C is collected over many samples and
 # every key position of each (well conditioned), so a small ridge only guards round-off. The text rule's
 # prompt-corpus prior uses its own, larger TEXT_PRIOR_RIDGE (olam_edit.rules.text.solve).
 DEFAULT_RIDGE = 1e-4
+# A context direction must carry at least this fraction of the strongest one's whitened energy; below
+# it the "direction" is round-off of keys that span fewer dimensions than the rank asked.
+CONTEXT_RANK_TOL = 1e-10
+
+
+def check_rank(rank: object, key_dim: int) -> int:
+    """``rank`` if it is an int in [1, key_dim] (D has ``rank`` orthonormal rows in key space), else
+    RequestError: a larger rank is refused, never clamped."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= key_dim:
+        raise RequestError(explain("the rank is out of range for this layer", got=summary(rank),
+                                   expected=f"an integer in [1, {key_dim}] (the layer's key dimension)",
+                                   fix="Use a small rank such as 1 to 8."))
+    return rank
 
 
 def _check_inputs(keys: Tensor, weights: Tensor, C: Tensor) -> None:
@@ -55,6 +69,7 @@ def context_directions(keys: Tensor, weights: Tensor | None, C: Tensor, rank: in
     """
     weights = torch.ones(keys.shape[0], dtype=keys.dtype, device=keys.device) if weights is None else weights
     _check_inputs(keys, weights, C)
+    check_rank(rank, C.shape[0])
     kw = (keys.to(torch.float64) * weights.to(torch.float64)[:, None])[weights != 0]  # [n', d]
     if kw.shape[0] < rank or float(kw.abs().sum()) == 0.0:
         raise EmptySelectionError(
@@ -63,7 +78,13 @@ def context_directions(keys: Tensor, weights: Tensor | None, C: Tensor, rank: in
         )
     L_chol = _cholesky(regularised(C.to(kw.device), ridge), ridge)
     Y = torch.linalg.solve_triangular(L_chol, kw.T, upper=False)  # [d, n'] = L^-1 K^T (whitened keys)
-    _, U = torch.linalg.eigh(Y @ Y.T)  # [d, d] eigvecs of L^-1 S L^-T, ascending (Y is wide: avoid its SVD)
+    evals, U = torch.linalg.eigh(Y @ Y.T)  # [d, d] eigvecs of L^-1 S L^-T, ascending (Y is wide: avoid its SVD)
+    spanned = int((evals > CONTEXT_RANK_TOL * evals[-1].clamp_min(1e-300)).sum())
+    if spanned < rank:
+        raise EmptySelectionError(
+            explain("the context keys span fewer directions than the rank asked", got=f"{spanned} directions",
+                    expected=f"at least {rank}", fix=f"Use --rank {max(spanned, 1)} or select more varied regions.")
+        )
     top = U[:, -rank:].flip(1)  # [d, r] largest first
     X = torch.linalg.solve_triangular(L_chol.T, top, upper=True)  # [d, r] generalised eigvecs
     Q, _ = torch.linalg.qr(X)  # [d, r] orthonormal basis of the same span

@@ -21,18 +21,40 @@ factor) are exact for linear layers, so the solver calls them on every handle.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from olam_edit.errors import NonFiniteError, ShapeMismatchError, explain
+from olam_edit.errors import NonFiniteError, RequestError, ShapeMismatchError, explain
+from olam_edit.files.validate import summary
 from olam_edit.memory import layout as L
 from olam_edit.memory.delta import Delta
 from olam_edit.memory.handles import LayerHandle
 
 DEFAULT_SMOOTHNESS = 1.0
+MAX_SMOOTHNESS = 1e12  # beyond this the edit is zero to float64 precision anyway
+# Bounds of one rewrite, checked from the problem's size before anything is built (RequestError
+# with the estimate): the dense least-squares system (matrix, right-hand sides, basis responses,
+# float64) at most MAX_SOLVE_BYTES, and rows * unknowns^2 * systems (LAPACK gelsd's work) at most
+# MAX_SOLVE_WORK, about a minute at SOLVE_RATE (measured on two shared CPU cores; an H200 host is faster).
+MAX_SOLVE_BYTES = 2 * 1024**3
+MAX_SOLVE_WORK = 4e10
+SOLVE_RATE = 5e8  # rows * unknowns^2 per second of gelsd, two CPU cores
+
+
+def check_smoothness(smoothness: object) -> float:
+    """``smoothness`` as a float if it is a finite number in [0, MAX_SMOOTHNESS], else RequestError."""
+    value = math.nan
+    if isinstance(smoothness, int | float) and not isinstance(smoothness, bool):
+        value = float(smoothness) if abs(smoothness) < 1e300 else math.inf  # float() of a huge int overflows
+    if not math.isfinite(value) or not 0 <= value <= MAX_SMOOTHNESS:
+        raise RequestError(explain("smoothness must be a finite number >= 0",
+                                   got=summary(smoothness), expected=f"a value in [0, {MAX_SMOOTHNESS:g}]",
+                                   fix=f"Use e.g. --smoothness {DEFAULT_SMOOTHNESS:g} (0 = fit only)."))
+    return value
 
 
 @dataclass
@@ -114,9 +136,62 @@ def _kernel(handle: LayerHandle, w0: Tensor) -> tuple[int, ...]:
     return () if handle.layout == L.LINEAR else tuple(int(s) for s in w0.shape[2:])
 
 
+@dataclass
+class SolveEstimate:
+    """The size of a rewrite's dense system: ``unknowns`` = rank * taps per output channel, ``rows``
+    (fit positions + penalty rows), ``systems`` (1 shared, or one per output channel), ``rhs`` per
+    system, the float64 ``bytes`` it occupies, ``work`` = rows * unknowns^2 * systems * solves."""
+
+    unknowns: int
+    rows: int
+    systems: int
+    rhs: int
+    bytes: int
+    work: float
+
+    @property
+    def seconds(self) -> float:
+        return self.work / SOLVE_RATE
+
+    def describe(self) -> str:
+        return (f"{self.unknowns} unknowns x {self.rows} rows x {self.systems} system(s): "
+                f"{self.bytes / 2**30:.2f} GiB, about {self.seconds:.0f} s")
+
+
+def estimate_solve(problem: Problem, rank: int, solves: int = 1) -> SolveEstimate:
+    """The :class:`SolveEstimate` of solving ``problem`` at ``rank`` (``solves`` times), from shapes only."""
+    h = problem.handle
+    J = rank * h.taps
+    v = problem.v_star
+    n_out = int(v.shape[-1] if h.layout == L.LINEAR else v.shape[1])
+    n_pos = v.numel() // n_out
+    per_channel = not h.linear_in_weight  # a frozen output scale solves one system per channel
+    n_rows = (int((problem.flat_mask(n_pos) > 0).sum()) if per_channel else n_pos) + J
+    systems, rhs = (n_out, 1) if per_channel else (1, n_out)
+    nbytes = 8 * (systems * n_rows * (J + rhs) + 2 * n_pos * J + J * J)
+    return SolveEstimate(J, n_rows, systems, rhs, nbytes, float(n_rows) * J * J * systems * solves)
+
+
+def check_solve_size(problem: Problem, rank: int, solves: int = 1) -> SolveEstimate:
+    """The estimate, or RequestError (with it) when it exceeds MAX_SOLVE_BYTES or MAX_SOLVE_WORK."""
+    est = estimate_solve(problem, rank, solves)
+    if est.bytes > MAX_SOLVE_BYTES or est.work > MAX_SOLVE_WORK:
+        raise RequestError(explain(
+            f"a rank-{rank} rewrite of this layer is too large to solve", got=est.describe(),
+            expected=f"at most {MAX_SOLVE_BYTES / 2**30:g} GiB and about {MAX_SOLVE_WORK / SOLVE_RATE:.0f} s",
+            fix="Lower the rank (the work grows with its square) or paint a smaller paste region."))
+    return est
+
+
 def solve_lambda(problem: Problem, D: Tensor, C: Tensor, smoothness: float = DEFAULT_SMOOTHNESS) -> Tensor:
-    """Lambda (float64, layout shape) minimising the regularised objective for fixed D."""
+    """Lambda (float64, layout shape) minimising the regularised objective for fixed D.
+
+    Refuses (RequestError) a smoothness that is not finite and >= 0, and a system beyond the bounds
+    of :func:`check_solve_size`, before building anything.
+    """
     h, D = problem.handle, D.to(torch.float64)
+    smoothness = check_smoothness(smoothness)
+    check_solve_size(problem, D.shape[0])
     kernel = _kernel(h, problem.w0)
     B = basis_responses(h, problem.x, D, kernel)  # [P, J]
     R = _channel_last(h.layout, problem.v_star - h.linear_op(problem.x, problem.w0))  # [P, out]
@@ -198,9 +273,12 @@ def rewrite_layer(problem: Problem, D: Tensor, C: Tensor, smoothness: float = DE
                   refine_iters: int = 5) -> tuple[Delta, SolveReport]:
     """Solve Lambda in closed form (with fixed-point refinement for nonlinear handles).
 
-    Returns the Delta (float32 factors, effective units) and a :class:`SolveReport`.
+    Returns the Delta (float32 factors, effective units) and a :class:`SolveReport`. The smoothness
+    and the size of the whole solve (refinement steps included) are checked first.
     """
     h, D64 = problem.handle, D.to(torch.float64)
+    check_smoothness(smoothness)
+    check_solve_size(problem, D64.shape[0], 1 if h.linear_in_weight else refine_iters)
     with h.frozen(problem.w0):  # each _residual re-freezes at its weight; released on exit
         before = _residual(problem, None, D64)
         lam, steps = solve_lambda(problem, D64, C, smoothness), 1

@@ -17,8 +17,16 @@ from olam_edit._version import __version__
 from olam_edit.edit.core import Edit
 from olam_edit.errors import RequestError, explain
 from olam_edit.memory.delta import Delta
-from olam_edit.memory.directions import DEFAULT_RIDGE, context_directions
-from olam_edit.memory.solve import DEFAULT_SMOOTHNESS, Problem, SolveReport, erase_delta, rewrite_layer
+from olam_edit.memory.directions import DEFAULT_RIDGE, check_rank, context_directions
+from olam_edit.memory.solve import (
+    DEFAULT_SMOOTHNESS,
+    Problem,
+    SolveReport,
+    check_smoothness,
+    check_solve_size,
+    erase_delta,
+    rewrite_layer,
+)
 from olam_edit.memory.stats import SecondMoment
 from olam_edit.rules.generator import Generator, check_generator
 from olam_edit.rules.registry import make_recipe
@@ -26,6 +34,7 @@ from olam_edit.rules.spatial.request import EditRequest, Selection
 from olam_edit.rules.spatial.tensors import RuleTensors, composite, resize_mask, round_to_key_grid, weighted_keys
 
 HEATMAP_QUANTILE = 0.999  # the reference outlines keys above the 99.9th percentile
+REFINE_ITERS = 5  # fixed-point refinement steps of a handle that is not linear in its weight
 
 
 @dataclass
@@ -44,7 +53,10 @@ class Rewriter:
     """Rewrite rules of ``layer`` in ``generator``.
 
     ``smoothness`` is the paper's 1/lambda: the weight of E_k ||dW k||^2 against the fit, relative to
-    the fit size. ``ridge`` regularises C (relative to its mean eigenvalue).
+    the fit size (a finite number >= 0). ``ridge`` regularises C (relative to its mean eigenvalue).
+    A request's rank must be at most the layer's key dimension and what its context keys span, and
+    the solve must fit the bounds of :func:`olam_edit.memory.solve.check_solve_size`; all of this is
+    checked before statistics are collected (RequestError / EmptySelectionError, never a clamp).
     """
 
     def __init__(self, generator: Generator, layer: str, *, smoothness: float = DEFAULT_SMOOTHNESS,
@@ -52,7 +64,7 @@ class Rewriter:
                  cache_dir: str | None = None, progress: bool = True) -> None:
         self.generator, self.layer = check_generator(generator), layer  # RequestError naming missing members
         self.handle = generator.handle(layer)  # raises LayerNotFoundError / UnsupportedLayerError
-        self.smoothness, self.ridge = smoothness, ridge
+        self.smoothness, self.ridge = check_smoothness(smoothness), ridge  # RequestError unless finite, >= 0
         self.stats_samples, self.cache_dir, self.progress = stats_samples, cache_dir, progress
         self._stats = stats
         self._quantiles: dict[tuple, float] = {}
@@ -116,6 +128,7 @@ class Rewriter:
 
     def directions(self, request: EditRequest, rule: RuleTensors | None = None) -> Tensor:
         """D ``[rank, in]`` from the request's context keys."""
+        check_rank(request.rank, self.handle.key_dim)
         rule = rule or self.rule_tensors(request)
         return context_directions(rule.context_keys, rule.context_weights, self.C, request.rank, self.ridge)
 
@@ -123,17 +136,21 @@ class Rewriter:
     @torch.no_grad()
     def rewrite(self, request: EditRequest, *, smoothness: float | None = None) -> Edit:
         """Solve the request in closed form and return the Edit (nothing is applied)."""
+        smooth = check_smoothness(self.smoothness if smoothness is None else smoothness)
+        self._check(request)
+        check_rank(request.rank, self.handle.key_dim)
         rule = self.rule_tensors(request)
-        D = self.directions(request, rule)
-        smooth = self.smoothness if smoothness is None else smoothness
         problem = Problem(self.handle, rule.x_paste, rule.v_star, rule.fit_mask)
-        delta, report = rewrite_layer(problem, D, self.C, smooth)
+        check_solve_size(problem, request.rank, 1 if self.handle.linear_in_weight else REFINE_ITERS)
+        D = self.directions(request, rule)  # collects the statistics on first use
+        delta, report = rewrite_layer(problem, D, self.C, smooth, REFINE_ITERS)
         self.last_report = report
         return self._edit(request, delta, "rewrite", {"smoothness": smooth}, report)
 
     @torch.no_grad()
     def erase(self, request: EditRequest) -> Edit:
         """The paper's removal rule on the request's context: W1 = W0 - W0 D^T D."""
+        check_rank(request.rank, self.handle.key_dim)
         D = self.directions(request)
         delta = erase_delta(self.handle, D)
         return self._edit(request, delta, "erase", {}, None)
