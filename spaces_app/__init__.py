@@ -7,8 +7,10 @@ package imports nothing (Gradio is loaded by the modules that need it).
 
 Modules, one job each: ``settings`` (server options and fixed sizes), ``session`` (one browser
 session's state and undo stack), ``generators`` (the shared models and rewriters), ``images``
-(display images and the PNG files handed to Gradio), ``masks`` (painted masks to selections and
-requests), ``uploads`` (edit files in and out), ``studio`` (the handlers' logic on plain values),
-``status`` (status lines and error guarding), ``binding`` (connecting handlers to events by name),
-``layout`` (the components), ``panels`` (the wiring, one module per panel), ``app`` (build and launch).
+(display images, the PNG files handed to Gradio, and size checks before decoding), ``painter`` (the
+image editor, its inputs checked before Gradio decodes them), ``masks`` (painted masks to selections
+and requests), ``uploads`` (edit files in and out: bounded zip reading, no server path in messages),
+``studio`` (the handlers' logic on plain values), ``status`` (status lines and error guarding),
+``binding`` (connecting handlers to events by name), ``layout`` (the components), ``panels`` (the
+wiring, one module per panel), ``app`` (build and launch).
 """

@@ -24,6 +24,7 @@ from typing import Any
 import gradio as gr
 
 from olam_edit.adapters import load_generator
+from olam_edit.spaces_app.images import limit_pil
 from olam_edit.spaces_app.layout import CSS, layout
 from olam_edit.spaces_app.panels import wire
 from olam_edit.spaces_app.session import Session
@@ -38,6 +39,7 @@ def build_app(generator: Any | None = None, settings: Settings | None = None, **
     sessions and never mutated. ``options`` override fields of :class:`Settings`. The Blocks carries
     its :class:`Studio` as ``.studio`` (for tests and tools)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry unless asked for
+    limit_pil()  # PIL's decompression-bomb bound, explicitly the project's
     settings = settings or Settings.from_env(**options)
     studio = Studio(settings, generator if generator is not None else load_generator(settings.model))
     with gr.Blocks(title=TITLE) as demo:

@@ -1,12 +1,15 @@
-"""Images as the Space shows them: display sizes, tints, heatmap opacity, and the PNG files it serves."""
+"""Images as the Space shows them: display sizes, tints, heatmap opacity, and the PNG files it serves;
+and the size check every image a client sends passes before it is decoded (:func:`check_size`)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import struct
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,59 @@ import torch
 from olam_edit.eval.grid import to_uint8
 from olam_edit.files.atomic import atomic_write_bytes
 from olam_edit.spaces_app.settings import DISPLAY
+
+MAX_PAINT_SIDE = 8 * DISPLAY  # pixels per side: the painter's images are DISPLAY x DISPLAY
+MAX_PAINT_PIXELS = (4 * DISPLAY) ** 2  # pixels in all (an RGBA image of this size is 4 MB decoded)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the editor's canvas exports PNG; nothing else is decoded
+
+
+@dataclass(frozen=True)
+class RefusedImage:
+    """An image the painter did not decode, and why (shown to the visitor)."""
+
+    reason: str
+
+
+def limit_pil() -> None:
+    """Set PIL's own decompression-bomb bound explicitly to the project's (never looser than it):
+    PIL then refuses any image over twice :data:`olam_edit.files.validate.MAX_IMAGE_PIXELS`."""
+    from PIL import Image
+
+    from olam_edit.files.validate import MAX_IMAGE_PIXELS
+
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def image_size(source: Any) -> tuple[int, int] | RefusedImage:
+    """The (width, height) a PNG (file path or bytes) states in its header, or why it cannot be read.
+
+    Only the first 24 bytes are read (the signature and the IHDR chunk, which PNG puts first).
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        head = bytes(source[:24])
+    else:
+        try:
+            with open(source, "rb") as f:
+                head = f.read(24)
+        except OSError:
+            return RefusedImage("the painted image cannot be read")
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return RefusedImage("the painted image is not a readable PNG")
+    width, height = struct.unpack(">II", head[16:24])
+    return int(width), int(height)
+
+
+def check_size(size: tuple[int, int] | RefusedImage) -> RefusedImage | None:
+    """None if an image of ``size`` may be decoded, else why not."""
+    if isinstance(size, RefusedImage):
+        return size
+    width, height = size
+    if width < 1 or height < 1 or max(width, height) > MAX_PAINT_SIDE or width * height > MAX_PAINT_PIXELS:
+        return RefusedImage(f"the painted image is too large (got {width}x{height} pixels; expected at most "
+                            f"{MAX_PAINT_PIXELS} pixels and {MAX_PAINT_SIDE} per side, the painter shows "
+                            f"{DISPLAY}x{DISPLAY})")
+    return None
 
 
 def resize(img: np.ndarray, size: int = DISPLAY, smooth: bool = False) -> np.ndarray:

@@ -7,8 +7,9 @@ import gradio as gr
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
 from olam_edit.spaces_app.binding import UI
+from olam_edit.spaces_app.painter import guard
 from olam_edit.spaces_app.session import Session
-from olam_edit.spaces_app.settings import DISPLAY
+from olam_edit.spaces_app.settings import DISPLAY, MAX_STRENGTH
 from olam_edit.spaces_app.status import message
 from olam_edit.spaces_app.studio import Studio, example_names
 
@@ -68,11 +69,11 @@ def _samples(studio: Studio, first: Session, ui: UI) -> None:
 
 
 def _painter_panel(ui: UI) -> None:
-    ui["painter"] = gr.ImageEditor(None, label="Paint here", type="numpy", image_mode="RGBA", sources=(),
-                                   transforms=(), layers=False, canvas_size=(DISPLAY, DISPLAY), fixed_canvas=True,
-                                   format="png", brush=gr.Brush(colors=["#ff2020"], color_mode="fixed",
-                                                                default_size=10),
-                                   eraser=gr.Eraser(default_size=10), elem_id="painter")
+    ui["painter"] = guard(gr.ImageEditor(  # every image a client sends is checked before it is decoded
+        None, label="Paint here", type="numpy", image_mode="RGBA", sources=(), transforms=(), layers=False,
+        canvas_size=(DISPLAY, DISPLAY), fixed_canvas=True, format="png",
+        brush=gr.Brush(colors=["#ff2020"], color_mode="fixed", default_size=10), eraser=gr.Eraser(default_size=10),
+        elem_id="painter"))
     with gr.Row():
         ui["add_context"] = gr.Button("Add to context", elem_id="add-context")
         ui["set_copy"] = gr.Button("Set copy", elem_id="set-copy")
@@ -104,7 +105,7 @@ def _rule(studio: Studio, first: Session, ui: UI) -> None:
 def _results(studio: Studio, first: Session, ui: UI) -> None:
     before, after = studio.files.convert(studio.before_after(first))
     with gr.Row():
-        ui["strength"] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Strength", elem_id="strength")
+        ui["strength"] = gr.Slider(0.0, MAX_STRENGTH, value=1.0, step=0.05, label="Strength", elem_id="strength")
         ui["undo"] = gr.Button("Undo", elem_id="undo")
         ui["history"] = gr.Markdown("*No edits yet.*", elem_id="history")
     with gr.Row():

@@ -17,6 +17,7 @@ import gradio as gr
 
 from olam_edit.errors import OlamEditError
 from olam_edit.spaces_app.images import ImageFiles
+from olam_edit.spaces_app.uploads import hide_paths
 
 log = logging.getLogger("olam_edit.space")
 
@@ -29,13 +30,14 @@ def message(text: str, ok: bool = True) -> str:
 
 
 def failure_text(error: Exception, where: str) -> str:
-    """What the status line says about ``error`` raised by the handler ``where``."""
+    """What the status line says about ``error`` raised by the handler ``where`` (no server path in it:
+    the server's log has the full message)."""
     if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])
+        return hide_paths(str(error.args[0]))
     if isinstance(error, OlamEditError | ValueError):
-        return str(error)
+        return hide_paths(str(error))
     log.error("olam-edit Space: unexpected error in %s", where, exc_info=error)
-    return f"something went wrong ({type(error).__name__}: {str(error)[:200]})"
+    return f"something went wrong ({type(error).__name__}: {hide_paths(str(error))[:200]})"
 
 
 def ordered(values: dict[str, Any], outputs: Sequence[str], files: ImageFiles | None = None) -> Any:

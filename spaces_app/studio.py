@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from olam_edit import Edit, context_directions, model_lock
-from olam_edit.errors import EmptySelectionError, GeneratorLoadError, OlamEditError, RequestError, explain
+from olam_edit.errors import (
+    EditFileError,
+    EmptySelectionError,
+    GeneratorLoadError,
+    OlamEditError,
+    RequestError,
+    explain,
+)
 from olam_edit.hub.repo import looks_like_repo_id
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.rules.spatial.request import EditRequest
@@ -26,10 +33,11 @@ from olam_edit.spaces_app.generators import Models
 from olam_edit.spaces_app.images import ImageFiles, display, heat_weight, tint
 from olam_edit.spaces_app.masks import make_request
 from olam_edit.spaces_app.session import Session
-from olam_edit.spaces_app.settings import COLORS, COMPARE_FIRST_SEED, HEAT_LOW, TRAY, Settings
-from olam_edit.spaces_app.uploads import check_fits, picture, read_upload, zip_edit
+from olam_edit.spaces_app.settings import COLORS, COMPARE_FIRST_SEED, HEAT_LOW, MAX_STRENGTH, TRAY, Settings
+from olam_edit.spaces_app.uploads import check_fits, hide_error_paths, picture, read_upload, zip_edit
 
 Gallery = list[tuple[Any, str]]  # (image, caption) pairs
+MAX_RELATIVE_NORM = 1e3  # ‖ΔW‖/‖W‖ of an uploaded edit at the largest strength (rewrites give < 1)
 
 
 class Studio:
@@ -146,16 +154,49 @@ class Studio:
         return session.current.scaled(session.strength)
 
     def upload(self, session: Session, path: str | Path) -> Edit:
-        """Read, verify and vet an uploaded edit, and make it the session's current edit."""
+        """Read, verify and vet an uploaded edit, and make it the session's current edit.
+
+        Nothing of the session changes unless every check passed: the files (sizes, checksums,
+        manifest), the fit to the session's model, and a test render at the session's strength and
+        at the slider's largest, whose images must be finite. Messages name the upload by its own
+        file name, never by a server path.
+        """
+        path = Path(path)
         max_bytes = int(self.settings.max_upload_mb * 2**20)
         work = tempfile.mkdtemp(prefix="olam-edit-upload-")
+        known = {str(path): path.name, str(path.parent): "", work: path.name}
         try:
             edit = read_upload(path, max_bytes, work)
+            check_fits(self.generator(session), edit)
+            self._check_renders(session, edit)
+        except OlamEditError as e:
+            raise hide_error_paths(e, known) from None  # the chained error would carry the paths again
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        check_fits(self.generator(session), edit)
         session.push(edit, f"uploaded: {describe(edit)}")
         return edit
+
+    def _check_renders(self, session: Session, edit: Edit) -> None:
+        """EditFileError unless ``edit`` is usable at every strength of the slider: each layer's change
+        at MAX_STRENGTH is finite and at most MAX_RELATIVE_NORM times its weight (an overflowing edit
+        renders finite but blank images), and a test render at the session's strength and at
+        MAX_STRENGTH gives finite images."""
+        gen, fix = self.generator(session), "Check the edit file; it may be corrupted."
+        for name, delta in edit.deltas.items():
+            with model_lock(gen.model):  # it reads the shared weights, which a preview swaps meanwhile
+                norm = delta.scaled(MAX_STRENGTH).relative_norm(gen.handle(name).effective_weight().detach())
+            if not np.isfinite(norm) or norm > MAX_RELATIVE_NORM:
+                raise EditFileError(explain(f"the uploaded edit changes layer {name} far too much",
+                                            got=f"‖ΔW‖/‖W‖ = {norm:.3g} at strength {MAX_STRENGTH:g}",
+                                            expected=f"at most {MAX_RELATIVE_NORM:g}", fix=fix))
+        for strength in sorted({float(session.strength), MAX_STRENGTH}):
+            try:
+                images = gen.images(self.compare_seeds(1), edit, strength)  # [1, 3, H, W]
+            except OlamEditError as e:
+                raise EditFileError(explain("the uploaded edit cannot be applied", got=e.what, fix=fix)) from e
+            if not bool(torch.isfinite(images).all()):
+                raise EditFileError(explain("the uploaded edit makes the model's images non-finite (NaN or Inf)",
+                                            got=f"strength {strength:g}", expected="finite images", fix=fix))
 
     def publish(self, session: Session, repo_id: str, private: bool, token: str | None) -> str:
         """Push the current edit (at its strength) to ``repo_id`` with the user's ``token``; the commit URL."""
@@ -203,6 +244,18 @@ def describe(edit: Edit) -> str:
     norm = metrics.get("relative_norm")
     size = f", ‖ΔW‖/‖W‖ = {norm:.3f}" if isinstance(norm, float) else ""
     return f"{solver.get('method', 'edit')} {layers}{size}"
+
+
+def check_strength(strength: Any) -> float:
+    """``strength`` as a float in [0, MAX_STRENGTH] (the slider's range), else RequestError."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= MAX_STRENGTH:  # NaN fails too
+        raise RequestError(explain("the strength is out of range", got=str(strength)[:40],
+                                   expected=f"a number from 0 to {MAX_STRENGTH:g}"))
+    return value
 
 
 def check_ridge(ridge: Any) -> float:

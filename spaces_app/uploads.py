@@ -1,25 +1,34 @@
 """Edit files in and out of the Space: the download zip, its before/after picture, and uploads.
 
-An upload is read defensively: its size is checked before anything is read, a zip is read member by
-member (only the known file names, never their paths) with its unpacked size bounded, and the edit
-is verified (checksums, manifests) and vetted against the session's model before it is used.
+An upload is read defensively: its size is checked before anything is read, a zip's directory is
+bounded before it is parsed (entries, names), its members are read (only the known file names, never
+their paths) by streaming in chunks that count the bytes really unpacked (no header is trusted), and
+the edit is verified (checksums, manifests) and vetted against the session's model before it is
+used. Messages shown to the visitor never carry a server path (:func:`hide_paths`).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
 import shutil
+import struct
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from olam_edit import Edit, check_base, model_lock
 from olam_edit.edit.publish import stage_edit
-from olam_edit.errors import BaseMismatchError, EditFileError, explain
+from olam_edit.errors import BaseMismatchError, EditFileError, OlamEditError, explain
 from olam_edit.eval.grid import grid_image
 
 ZIP_NAMES = ("edit.safetensors", "edit_config.json", "checksums.json")  # read from an upload; others ignored
+MAX_MEMBERS = 64  # entries of an uploaded zip (a downloaded edit has 5)
+MAX_NAME = 512  # characters of one entry's name
+CHUNK = 1 << 20  # bytes unpacked at a time
 
 
 def edit_name(edit: Edit) -> str:
@@ -63,23 +72,98 @@ def read_upload(path: str | Path, max_bytes: int, workdir: str | Path) -> Edit:
 
 
 def _unzip_edit(path: Path, max_bytes: int, work: Path) -> None:
-    """Extract the edit files of the zip ``path`` into ``work`` (flat), refusing anything odd."""
+    """Extract the edit files of the zip ``path`` into ``work`` (flat), refusing anything odd.
+
+    No header is trusted: the directory is bounded before it is parsed (:func:`_check_directory`) and
+    each member is streamed to disk in chunks, counting the bytes it really unpacks to, until all of
+    them together pass ``4 * max_bytes``.
+    """
+    _check_directory(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            members = [i for i in zf.infolist() if not i.is_dir() and Path(i.filename).name in ZIP_NAMES]
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS or any(len(i.filename) > MAX_NAME for i in infos):
+                raise EditFileError(explain(f"{path.name} holds too many files or too long names",
+                                            got=f"{len(infos)} files",
+                                            expected=f"at most {MAX_MEMBERS} names of {MAX_NAME} characters"))
+            members = [i for i in infos if not i.is_dir() and Path(i.filename).name in ZIP_NAMES]
             names = [Path(i.filename).name for i in members]
             if len(set(names)) != len(names):
                 raise EditFileError(explain("the zip holds more than one edit", got=sorted(names),
                                             fix="Upload one edit folder per zip."))
-            if sum(i.file_size for i in members) > 4 * max_bytes:
-                raise EditFileError(explain("the zip unpacks to too much data", expected=f"<= {4 * max_bytes} bytes"))
+            unpacked = 0
             for info in members:
-                (work / Path(info.filename).name).write_bytes(zf.read(info))
-    except (zipfile.BadZipFile, OSError, RuntimeError) as e:
-        raise EditFileError(explain(f"{path.name} is not a readable zip", got=str(e)[:120])) from e
+                unpacked += _extract(zf, info, work / Path(info.filename).name, 4 * max_bytes - unpacked)
+    except OlamEditError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, RuntimeError, EOFError, zlib.error,
+            NotImplementedError, ValueError) as e:
+        raise EditFileError(explain(f"{path.name} is not a readable zip", got=_one_line(e))) from e
     if "edit.safetensors" not in names:
         raise EditFileError(explain("the zip holds no edit.safetensors", got=sorted(names) or "no edit files",
                                     fix="Upload the .zip that 'Download edit' gives."))
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
+    """Stream the member ``info`` to ``target`` in chunks; the bytes written, at most ``budget``
+    (EditFileError as soon as the member unpacks to more, whatever its header says)."""
+    written = 0
+    with zf.open(info) as src, open(target, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > budget:
+                raise EditFileError(explain("the zip unpacks to too much data",
+                                            got=f"{info.filename[:80]!r} unpacks past the {budget} bytes left",
+                                            fix="Upload the .zip that 'Download edit' gives."))
+            dst.write(chunk)
+    return written
+
+
+def _check_directory(path: Path) -> None:
+    """Refuse a zip whose central directory is larger than an edit's could be, before zipfile parses it
+    (it builds one object per entry, so a directory of a million entries would take gigabytes)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 65557))  # the end record (22 bytes) and a comment of at most 65535
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        raise EditFileError(explain(f"{path.name} is not a readable zip", got="no end of central directory"))
+    entries, dir_bytes = struct.unpack_from("<HI", tail, at + 10)  # total entries, directory size
+    if entries > MAX_MEMBERS or dir_bytes > MAX_MEMBERS * (46 + MAX_NAME + 64):
+        raise EditFileError(explain(f"{path.name} holds too many files", got=f"{entries} entries, {dir_bytes} "
+                                    "bytes of directory", expected=f"at most {MAX_MEMBERS} files"))
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, at most 120 characters, without any server path in it."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:/[\w.@+~=-]+){2,}/?")  # '/tmp/x'; not 'https://x/y', 'a/b', 'x/y/z'
+
+
+def hide_paths(text: str, known: dict[str, str] | None = None) -> str:
+    """``text`` with no server path in it: each ``known`` path (longest first) becomes the name it
+    stands for (the uploaded file's own name, say), and any other absolute path its last component."""
+    for path, name in sorted((known or {}).items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(path, name)
+    return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0)).name or "/", text)
+
+
+def hide_error_paths(error: OlamEditError, known: dict[str, str]) -> OlamEditError:
+    """``error`` (same class where it can be rebuilt, else an EditFileError) with :func:`hide_paths`
+    applied to its message and its got / expected / fix."""
+    def clean(value: object) -> object:
+        return None if value is None else hide_paths(str(value), known)
+
+    message = explain(hide_paths(error.what, known), got=clean(error.got), expected=clean(error.expected),
+                      fix=clean(error.fix))  # type: ignore[arg-type]
+    try:
+        return type(error)(message)
+    except TypeError:
+        return EditFileError(message)
 
 
 def check_fits(generator: Any, edit: Edit) -> None:

@@ -10,7 +10,7 @@ from olam_edit.errors import RequestError, explain
 from olam_edit.spaces_app.binding import MODEL_EVENTS, UI, bind
 from olam_edit.spaces_app.session import Session, history_text
 from olam_edit.spaces_app.status import message
-from olam_edit.spaces_app.studio import Studio, describe
+from olam_edit.spaces_app.studio import Studio, check_strength, describe
 
 
 class RuleHandlers:
@@ -21,7 +21,7 @@ class RuleHandlers:
 
     def rewrite(self, session: Session, layer: str, rank: int, smoothness: float, ridge: float, strength: float,
                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> dict[str, Any]:  # noqa: B008 - Gradio's idiom
-        session.strength = float(strength)
+        session.strength = check_strength(strength)
         edit = self.studio.rewrite(session, layer, int(rank), float(smoothness), ridge,
                                    lambda f, d: progress(f, desc=d))
         progress(0.8, desc="rendering before / after")
@@ -30,9 +30,14 @@ class RuleHandlers:
                 "status": message(f"Rewritten: {describe(edit)}.")}
 
     def set_strength(self, session: Session, strength: float) -> dict[str, Any]:
-        session.strength = float(strength)
-        return {"session": session, "after": self.studio.before_after(session)[1],
-                "status": message(f"Strength {strength:g}.")}
+        """Show the current edit at ``strength``; the session keeps its strength if that fails."""
+        old, session.strength = session.strength, check_strength(strength)
+        try:
+            after = self.studio.before_after(session)[1]
+        except Exception:
+            session.strength = old
+            raise
+        return {"session": session, "after": after, "status": message(f"Strength {session.strength:g}.")}
 
     def undo(self, session: Session) -> dict[str, Any]:
         if not session.history:
