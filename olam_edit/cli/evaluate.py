@@ -12,6 +12,7 @@ import torch
 
 from olam_edit.cli.common import command, parse_seeds
 from olam_edit.errors import OlamEditError, RequestError, explain
+from olam_edit.memory import distributed
 
 
 def _parse_region(text: str | None) -> str | tuple[int, ...] | None:
@@ -94,6 +95,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(gen, obj, seeds=args.seeds, region=_region_mask(args.region, settings, size),
                       baselines=not args.no_baselines, rewriter=_rewriter(gen, layer, settings),
                       quantile=args.quantile, steps={"finetune_layer": args.steps, "finetune_all": args.steps})
+    if not distributed.is_main_process():
+        return 0  # under torchrun the other ranks only helped collect the statistics
     out = Path(args.out)
     from olam_edit.files.atomic import atomic_write_bytes
 
@@ -133,6 +136,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     gen = load_generator(args.model)
     size = tuple(gen.images([0]).shape[-2:])
     rows = [_sweep_one(gen, request, settings, layer, rank, args, size) for layer in args.layers for rank in args.ranks]
+    if not distributed.is_main_process():
+        return 0  # under torchrun the other ranks only helped collect the statistics
     rows.sort(key=lambda r: -r.get("ratio", -1.0))
     _print_sweep(rows)
     out = Path(args.out)
