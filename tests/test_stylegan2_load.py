@@ -748,3 +748,30 @@ def test_error_messages_never_format_the_files_objects(tmp_path: Path, monkeypat
         with pytest.raises(kind, match=message) as caught:
             S.load_stylegan2(tmp_path / name)
         assert "tuple of 2 items" in str(caught.value) and len(str(caught.value)) < 600
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: {**c, "config": {**c["config"], "size": "16"}},        # a string where a number belongs
+    lambda c: {**c, "config": {**c["config"], "size": 16.0}},        # a float where an int belongs
+    lambda c: {**c, "config": {**c["config"], "lr_mlp": None}},      # null where a number belongs
+    lambda c: {**c, "config": {**c["config"], "surprise": 1}},       # an unknown field
+    lambda c: {**c, "config": {**c["config"], "channels": {"x": 8}}},  # a resolution that is not a number
+    lambda c: {**c, "config": [1, 2]},                               # not an object
+    lambda c: [c],                                                   # the whole file a list
+])
+def test_hostile_config_json_is_one_clear_error(tmp_path: Path, change) -> None:
+    folder = S.save_stylegan2(tiny(), tmp_path / "ours")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(change(config)))
+    with pytest.raises(WeightFileError):
+        S.load_stylegan2(folder)
+
+
+def test_deep_or_binary_config_json_is_one_clear_error(tmp_path: Path) -> None:
+    folder = S.save_stylegan2(tiny(), tmp_path / "ours")
+    (folder / "config.json").write_text("[" * 5000 + "]" * 5000)  # json would recurse past the C stack guard
+    with pytest.raises(WeightFileError, match="nests too deeply"):
+        S.load_stylegan2(folder)
+    (folder / "config.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(WeightFileError, match="UTF-8"):
+        S.load_stylegan2(folder)

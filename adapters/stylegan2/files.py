@@ -27,6 +27,7 @@ from olam_edit.adapters.stylegan2.rosinality import load_rosinality
 from olam_edit.adapters.stylegan2.safety import exception_text, summary
 from olam_edit.errors import WeightFileError, explain
 from olam_edit.files.atomic import atomic_write
+from olam_edit.files.validate import field, number, read_json
 
 
 def save_stylegan2(generator: StyleGAN2Generator, directory: str | os.PathLike) -> Path:
@@ -60,14 +61,44 @@ def load_olam_stylegan2(path: str | os.PathLike) -> StyleGAN2Generator:
     return build_generator(config, state, source=str(folder / WEIGHTS_NAME))
 
 
+# config.json's architecture fields and the JSON types each must have (checked before any use)
+CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "size": (int,), "style_dim": (int,), "n_mlp": (int,), "channel_multiplier": (int,), "channels": (dict,),
+    "z_dim": (int,), "lr_mlp": (int, float), "img_channels": (int,), "conv_clamp": (int, float, type(None)),
+    "flavor": (str,),
+}
+
+
+def _check_config_fields(config: object, where: str) -> dict[str, Any]:
+    """The ``config`` object of config.json with every field of the expected JSON type; unknown keys refused."""
+    if not isinstance(config, dict):
+        raise WeightFileError(explain(f"{where}: 'config' is not an object", got=summary(config)))
+    unknown = sorted(k for k in config if k not in CONFIG_FIELDS)
+    if unknown:
+        raise WeightFileError(explain(f"{where}: unknown config fields", got=[k[:40] for k in unknown[:5]],
+                                      expected=sorted(CONFIG_FIELDS)))
+    for key, value in config.items():
+        field(config, key, CONFIG_FIELDS[key], WeightFileError, where=f"{where}: config")
+        if isinstance(value, float):
+            number(value, WeightFileError, where=f"{where}: config.{key}")
+    for res, ch in config.get("channels", {}).items():
+        good_res = isinstance(res, str) and res.isdigit() and len(res) <= 5
+        if not good_res or isinstance(ch, bool) or not isinstance(ch, int):
+            raise WeightFileError(explain(f"{where}: config.channels is not valid",
+                                          got=f"{summary(res)}: {summary(ch)}",
+                                          expected="resolution strings mapped to channel counts"))
+    return config
+
+
 def _read_config(path: Path) -> StyleGAN2Config:
-    """Parse and validate ``config.json``."""
+    """Parse and validate ``config.json`` (a bounded regular file; every field's type checked first)."""
+    data = read_json(path, WeightFileError)
     try:
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT_NAME:
-            raise WeightFileError(explain(f"{path}: not an olam-edit StyleGAN2 config", got=summary(data.get("format")),
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise WeightFileError(explain(f"{path}: not an olam-edit StyleGAN2 config",
+                                          got=summary(data.get("format") if isinstance(data, dict) else data),
                                           expected=FORMAT_NAME))
-        return StyleGAN2Config.from_dict(data["config"])
+        return StyleGAN2Config.from_dict(_check_config_fields(data.get("config"), str(path)))
     except WeightFileError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
