@@ -48,8 +48,13 @@ def _build_wheel(work: Path) -> Path:
 
 
 def _dependency_paths() -> list[str]:
-    """This interpreter's site-packages (torch, Gradio, ...), never a folder of the checkout."""
-    return [p for p in site.getsitepackages() if Path(p).is_dir() and ROOT not in Path(p).resolve().parents]
+    """This interpreter's site-packages (torch, Gradio, ...), never a source folder of the checkout.
+
+    CI's virtual environment lives inside the checkout (``.venv/``), so only a site-packages folder
+    is accepted: the checkout's own ``olam_edit/`` or ``adapters/`` never are one.
+    """
+    return [p for p in site.getsitepackages() if Path(p).is_dir() and Path(p).name in ("site-packages",
+                                                                                      "dist-packages")]
 
 
 @pytest.fixture(scope="module")
