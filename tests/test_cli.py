@@ -69,6 +69,44 @@ def test_bench_quick_json_last_line() -> None:
     assert all(v > 0 for v in last.values())
 
 
+def test_bench_says_what_it_measures_as_it_goes_and_writes_its_record(tmp_path) -> None:
+    out = run("bench", "--quick", "--json-out", str(tmp_path / "bench.json"))
+    assert out.returncode == 0, out.stderr
+    starts = [line for line in out.stderr.splitlines() if line.startswith("bench [") and line.endswith("...")]
+    ends = [line for line in out.stderr.splitlines() if line.startswith("bench [") and " done in " in line]
+    assert len(starts) == len(ends) >= 4 and starts[0].startswith("bench [1/")
+    record = json.loads((tmp_path / "bench.json").read_text())
+    keys = {"stats_overhead", "accumulate_ratio", "solve_time_ratio", "solve_objective_ratio", "size_ratio"}
+    assert set(record["ratios"]) == set(record["targets"]) == keys
+    assert record["_meta"]["command"] == f"olam-edit bench --quick --json-out {tmp_path / 'bench.json'}"
+    assert record["details"]["total_s"] > 0
+    both = run("bench", "--quick", "--full")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_bench_default_times_part_of_the_reference_and_scales_it() -> None:
+    """By default 200 of the reference's 2001 steps are timed and scaled; --full times all of them."""
+    from olam_edit.eval import bench
+
+    problem, D, _ = bench._solve_problem(channels=8)
+    part = bench.time_reference(problem, D, steps=40, timed_steps=10)
+    assert part["reference_timed_steps"] == 10
+    assert part["reference_s"] == pytest.approx(part["reference_timed_s"] * 4)
+    whole = bench.time_reference(problem, D, steps=12, timed_steps=None)
+    assert whole["reference_timed_steps"] == 12 and whole["reference_s"] == whole["reference_timed_s"]
+    rows = {what.split(":")[0]: fn for what, fn in bench.measurements()}
+    assert list(rows) == ["statistics overhead", "accumulation", "solve", "size"]
+    assert bench.TIMED_REFERENCE_STEPS == 200 and bench.REFERENCE_STEPS == 2001
+    table = bench.format_table({**dict.fromkeys(bench.TARGETS, 0.5), **part, "reference_timed_steps": 200})
+    assert "200 of the reference's 2001 Adam steps timed, scaled to 2001" in table
+
+
+@pytest.mark.parametrize("bad", ["0", "x", "100,-5"])
+def test_evaluate_refuses_bad_checkpoints(bad) -> None:
+    out = run("evaluate", "add_sunglasses", "--checkpoints", bad)
+    assert out.returncode == 2 and "step list" in out.stderr and "Traceback" not in out.stderr
+
+
 def _face_request(path) -> None:
     eyes = np.zeros((64, 64))
     eyes[18:30, 10:54] = 1

@@ -14,7 +14,7 @@ from tiny_models import tiny_dcgan
 
 from olam_edit.adapters import TorchGenerator, load_default
 from olam_edit.errors import RequestError
-from olam_edit.eval.evaluate import evaluate, heldout_seeds, score
+from olam_edit.eval.evaluate import evaluate, heldout_seeds, ratio_standard_error, score
 from olam_edit.rules.spatial.examples import load_example
 from olam_edit.rules.spatial.request import EditRequest, Selection
 from olam_edit.rules.spatial.rewriter import Rewriter
@@ -98,3 +98,65 @@ def test_cli_json_last_line(tmp_path) -> None:
     assert all(set(v) == {"in_region", "collateral", "generality"} for v in last.values())
     assert (tmp_path / "report.png").stat().st_size > 1000
     assert json.loads((tmp_path / "report.json").read_text())["rewrite"]["ratio"] > 0
+
+
+def test_ratio_standard_error_matches_the_spread_over_resampled_seeds() -> None:
+    """The delta-method s.e. of in-region / collateral against the spread of the ratio over many
+    independent draws of 200 images from one population (a check that does not use the formula)."""
+    g = torch.Generator().manual_seed(3)
+    n_in, n_out = torch.full((200,), 64.0, dtype=torch.float64), torch.full((200,), 192.0, dtype=torch.float64)
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        base = torch.rand(200, generator=g, dtype=torch.float64)  # images differ, inside and outside together
+        a = (0.2 + 0.1 * base + 0.05 * torch.rand(200, generator=g, dtype=torch.float64)) * n_in
+        b = (0.04 + 0.02 * base + 0.02 * torch.rand(200, generator=g, dtype=torch.float64)) * n_out
+        return a, b
+
+    ratios = []
+    for _ in range(400):
+        a, b = draw()
+        ratios.append(float((a.sum() / n_in.sum()) / (b.sum() / n_out.sum())))
+    spread = float(torch.tensor(ratios).std())
+    a, b = draw()
+    se = ratio_standard_error(a, b, n_in, n_out)
+    assert se == pytest.approx(spread, rel=0.2)
+    assert ratio_standard_error(a[:1], b[:1], n_in[:1], n_out[:1]) == 0.0
+
+
+def test_scores_carry_sampling_errors_and_per_seed_changes() -> None:
+    gen = TorchGenerator(tiny_dcgan(dtype=torch.float64), (8, 1, 1), name="tiny")
+    mask = np.zeros((16, 16))
+    mask[4:10, 4:10] = 1
+    req = EditRequest(layer="3", copy=Selection(1, mask), paste=Selection(2, mask), context=[Selection(3, mask)])
+    rw = Rewriter(gen, "3", progress=False, stats_samples=40)
+    region = torch.zeros(16, 16, dtype=torch.bool)
+    region[4:10, 4:10] = True
+    report = evaluate(gen, req, seeds=range(20, 60), region=region, rewriter=rw, baselines=False, progress=False)
+    s, seeds = report.methods["rewrite"], report.to_json(per_seed=True)["_per_seed"]
+    assert seeds["seeds"] == list(range(20, 60)) and len(seeds["rewrite"]["in"]) == 40
+    ins, outs = report.per_seed["rewrite"]["in"], report.per_seed["rewrite"]["out"]
+    assert s.in_region == pytest.approx(sum(ins) / 40) and s.collateral == pytest.approx(sum(outs) / 40)
+    hits = torch.tensor([i - o > 0.05 for i, o in zip(ins, outs, strict=True)], dtype=torch.float64)
+    assert s.generality_se == pytest.approx(float(hits.std()) / 40**0.5)
+    assert s.ratio_se > 0
+    assert "_per_seed" not in report.to_json() and "ratio_se" in report.to_json()["rewrite"]
+
+
+def test_checkpoints_score_each_baseline_after_that_many_steps() -> None:
+    gen = TorchGenerator(tiny_dcgan(dtype=torch.float64), (8, 1, 1), name="tiny")
+    mask = np.zeros((16, 16))
+    mask[4:10, 4:10] = 1
+    req = EditRequest(layer="3", copy=Selection(1, mask), paste=Selection(2, mask), context=[Selection(3, mask)])
+    rw = Rewriter(gen, "3", progress=False, stats_samples=40)
+    region = torch.zeros(16, 16, dtype=torch.bool)
+    region[4:10, 4:10] = True
+    kw = {"seeds": range(20, 32), "region": region, "rewriter": rw, "progress": False}
+    report = evaluate(gen, req, steps={"finetune_layer": 12, "finetune_all": 12}, checkpoints=(5, 12, 50), **kw)
+    assert set(report.checkpoints) == {"finetune_layer@5", "finetune_all@5"}  # 12 is the end, 50 beyond it
+    assert report.settings["checkpoints"] == [5]
+    short = evaluate(gen, req, steps={"finetune_layer": 5, "finetune_all": 5}, **kw)
+    for name in ("finetune_layer", "finetune_all"):
+        assert report.checkpoints[f"{name}@5"] == short.methods[name]  # the same model as a 5-step run
+        assert report.per_seed[f"{name}@5"] == short.per_seed[name]
+        assert report.methods[name] != short.methods[name]
+    assert "finetune_all@5" in report.table()

@@ -36,6 +36,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="y0,y1,x0,x1 box in image pixels, 'example' (the example's own box) or 'heatmap' (default)")
     p.add_argument("--out", default="eval", help="folder for report.json and report.png (default ./eval)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the scores")
+    p.add_argument("--json-out", default=None, metavar="PATH",
+                   help="also write the scores with their sampling errors, every seed's changes and this command "
+                        "line to PATH (the README's figures are such files)")
+
+
+def _parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        steps = [-1]
+    if any(n < 1 for n in steps):
+        raise argparse.ArgumentTypeError(f"bad step list {text!r}; use positive whole numbers, e.g. 100 or 100,500")
+    return steps
 
 
 def _load_spec(spec: str) -> tuple[Any, dict[str, Any]]:
@@ -79,14 +92,21 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="an example name, a request JSON or an edit folder")
     _add_common(p)
     p.add_argument("--quantile", type=float, default=0.999, help="heatmap threshold quantile (paper: 0.999)")
-    p.add_argument("--steps", type=int, default=2001, help="optimiser steps of each baseline (default 2001)")
+    p.add_argument("--steps", type=int, default=2001,
+                   help="Adam steps of each baseline (default 2001, the reference's). finetune_all costs about "
+                        "40 ms a step on two idle CPU cores (the default run: ~2.5 min) and up to 750 ms on busy "
+                        "ones (there OMP_NUM_THREADS=1 keeps it near 3.5 min); the other baseline a tenth of that")
+    p.add_argument("--checkpoints", type=_parse_steps, default=[100], metavar="N[,N...]",
+                   help="also score each baseline after these many steps (default 100; shows how far it has "
+                        "converged)")
     p.add_argument("--no-baselines", action="store_true", help="measure the rewrite only")
 
 
 @command("evaluate", "measure an edit on held-out seeds against the paper's fine-tuning baselines")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from olam_edit.adapters import load_generator
-    from olam_edit.eval.evaluate import evaluate, render_strips, save_picture
+    from olam_edit.eval.evaluate import evaluate
+    from olam_edit.eval.pictures import render_strips, save_picture
 
     obj, settings = _load_spec(args.spec)
     gen = load_generator(args.model)
@@ -94,13 +114,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     size = tuple(gen.images([0]).shape[-2:])
     report = evaluate(gen, obj, seeds=args.seeds, region=_region_mask(args.region, settings, size),
                       baselines=not args.no_baselines, rewriter=_rewriter(gen, layer, settings),
-                      quantile=args.quantile, steps={"finetune_layer": args.steps, "finetune_all": args.steps})
+                      quantile=args.quantile, steps={"finetune_layer": args.steps, "finetune_all": args.steps},
+                      checkpoints=args.checkpoints)
     if not distributed.is_main_process():
         return 0  # under torchrun the other ranks only helped collect the statistics
     out = Path(args.out)
     from olam_edit.files.atomic import atomic_write_bytes
 
     atomic_write_bytes(out / "report.json", (json.dumps(report.to_json(), indent=1) + "\n").encode())
+    if args.json_out:
+        from olam_edit.eval.figures import invoked_command
+
+        figure = report.to_json(per_seed=True)
+        figure["_meta"]["command"] = invoked_command("evaluate")
+        atomic_write_bytes(Path(args.json_out), (json.dumps(figure, indent=1) + "\n").encode())
     save_picture(report, render_strips(gen, report.edit, report.models, report.seeds[:8]), out / "report.png")
     print(report.table())
     print(f"region covers {100 * report.region_fraction:.2f}% of pixels; wrote {out / 'report.json'}, "
@@ -128,17 +155,23 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
 @command("sweep", "rank layers and ranks for a request by in-region change over collateral")
 def cmd_sweep(args: argparse.Namespace) -> int:
     from olam_edit.adapters import load_generator
-    from olam_edit.eval.evaluate import sweep_chart
+    from olam_edit.eval.pictures import sweep_chart
 
     request, settings = _load_spec(args.spec)
     if not hasattr(request, "layer"):
         raise RequestError(explain("sweep needs a request, not an edit", fix="Pass an example name or a JSON."))
     gen = load_generator(args.model)
     size = tuple(gen.images([0]).shape[-2:])
-    rows = [_sweep_one(gen, request, settings, layer, rank, args, size) for layer in args.layers for rank in args.ranks]
+    pairs = [(layer, rank) for layer in args.layers for rank in args.ranks]
+    rows = [_sweep_one(gen, request, settings, layer, rank, args, size, f"{i}/{len(pairs)}")
+            for i, (layer, rank) in enumerate(pairs, 1)]
     if not distributed.is_main_process():
         return 0  # under torchrun the other ranks only helped collect the statistics
     rows.sort(key=lambda r: -r.get("ratio", -1.0))
+    per_seed = {f"{r['layer']} r{r['rank']}": r.pop("_per_seed") for r in rows if "_per_seed" in r}
+    seeds = next((r["_seeds"] for r in rows if "_seeds" in r), [])
+    for r in rows:
+        r.pop("_seeds", None)
     _print_sweep(rows)
     out = Path(args.out)
     from olam_edit.files.atomic import atomic_write, atomic_write_bytes
@@ -146,6 +179,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "sweep.json", (json.dumps(rows, indent=1) + "\n").encode())
     atomic_write(out / "sweep.png", lambda tmp: sweep_chart(rows).save(tmp, format="PNG"))
     print(f"wrote {out / 'sweep.json'}, {out / 'sweep.png'}")
+    if args.json_out and seeds:
+        _write_sweep_figure(args, rows, per_seed, seeds)
     if args.json:
         print(json.dumps(rows))
     return 0
@@ -154,10 +189,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 cmd_sweep.configure = _add_sweep
 
 
+def _write_sweep_figure(args: argparse.Namespace, rows: list[dict[str, Any]], per_seed: dict[str, Any],
+                        seeds: list[int]) -> None:
+    from olam_edit.eval.figures import invoked_command, sweep_record
+    from olam_edit.files.atomic import atomic_write_bytes
+
+    region = "heatmap" if args.region is None else args.region if args.region == "example" else list(args.region)
+    record = sweep_record(rows, per_seed, seeds, {"command": invoked_command("sweep"), "region": region})
+    atomic_write_bytes(Path(args.json_out), (json.dumps(record, indent=1) + "\n").encode())
+
+
 def _sweep_one(gen: Any, request: Any, settings: dict[str, Any], layer: str, rank: int, args: argparse.Namespace,
-               size: tuple[int, int]) -> dict[str, Any]:
+               size: tuple[int, int], count: str = "") -> dict[str, Any]:
+    """One row of the sweep; ``_per_seed`` and ``_seeds`` are for ``--json-out`` (taken off before printing)."""
+    import sys
+
     from olam_edit.eval.evaluate import evaluate
 
+    print(f"sweep [{count}] {layer} rank {rank} ...", file=sys.stderr, flush=True)
     req = dataclasses.replace(request, layer=layer, rank=rank)
     try:
         report = evaluate(gen, req, seeds=args.seeds, region=_region_mask(args.region, settings, size),
@@ -166,7 +215,9 @@ def _sweep_one(gen: Any, request: Any, settings: dict[str, Any], layer: str, ran
         return {"layer": layer, "rank": rank, "error": str(e)}
     s = report.methods["rewrite"]
     return {"layer": layer, "rank": rank, "in_region": s.in_region, "collateral": s.collateral, "ratio": s.ratio,
-            "generality": s.generality, "relative_norm": report.settings["relative_norm"]}
+            "generality": s.generality, "ratio_se": s.ratio_se, "generality_se": s.generality_se,
+            "relative_norm": report.settings["relative_norm"], "_per_seed": report.per_seed["rewrite"],
+            "_seeds": report.seeds}
 
 
 def _print_sweep(rows: list[dict[str, Any]]) -> None:

@@ -2,16 +2,26 @@
 
 These machines are noisy, so nothing is compared with an absolute time: each number is a ratio of
 two medians measured back to back. Targets are printed beside the numbers; missing one is reported,
-not an error.
+not an error. Each measurement prints a line on stderr when it starts and when it ends.
+
+The reference code's iterative fit runs 2001 Adam steps; every step costs the same (one forward and
+backward of the layer, a projection every 10 steps), so by default :data:`TIMED_REFERENCE_STEPS` of
+them are timed and the time is scaled to 2001 (``reference_s`` is that estimate and
+``reference_timed_steps`` says how many were run). ``full=True`` times all 2001 steps and five
+repeats of everything else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import platform
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +39,10 @@ from olam_edit.memory.stats import SecondMoment
 
 TARGETS = {"stats_overhead": 1.25, "accumulate_ratio": 1.4, "solve_time_ratio": 0.01,
            "solve_objective_ratio": 1.0, "size_ratio": 0.01}
+REFERENCE_STEPS = 2001  # the reference code's insert() runs this many Adam steps
+TIMED_REFERENCE_STEPS = 200  # what the default run times of them (then scales to REFERENCE_STEPS)
+
+Measurement = tuple[str, Callable[[], dict[str, float]]]
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -100,19 +114,45 @@ def _solve_problem(channels: int = 512, size: int = 32, crop: int = 8) -> tuple[
     return Problem(h, x, v_star), D, C
 
 
-def bench_solve(repeats: int = 3, reference_steps: int = 2001, smoothness: float = 1.0, channels: int = 512,
-                adam_steps: int = 3000) -> dict[str, float]:
-    """Closed form vs the reference's 2001 Adam steps (time), and vs Adam on the same objective (value)."""
+def time_reference(problem: Problem, D: torch.Tensor, steps: int = REFERENCE_STEPS,
+                   timed_steps: int | None = TIMED_REFERENCE_STEPS) -> dict[str, float]:
+    """Seconds of the reference's ``steps`` Adam steps: all of them (``timed_steps`` None or >= steps),
+    or ``timed_steps`` of them scaled by ``steps / timed_steps`` (every step costs the same).
+
+    Two untimed steps first, so one-off set-up (allocations, kernel choice) is not counted.
+    """
+    n = steps if timed_steps is None else min(steps, timed_steps)
+    fit_reference(problem, D, steps=2)
+    t = _median_time(lambda: fit_reference(problem, D, steps=n), 1)
+    return {"reference_s": t * steps / n, "reference_timed_s": t, "reference_timed_steps": n}
+
+
+def bench_solve(repeats: int = 3, reference_steps: int = REFERENCE_STEPS, smoothness: float = 1.0,
+                channels: int = 512, adam_steps: int = 3000,
+                timed_steps: int | None = TIMED_REFERENCE_STEPS) -> dict[str, float]:
+    """Closed form vs the reference's 2001 Adam steps (time; see :func:`time_reference` for how many are
+    timed), and vs Adam on the same objective (value)."""
     problem, D, C = _solve_problem(channels)
     t_closed = _median_time(lambda: solve_lambda(problem, D, C, smoothness), repeats)
-    t_ref = _median_time(lambda: fit_reference(problem, D, steps=reference_steps), 1)
+    ref = time_reference(problem, D, reference_steps, timed_steps)
     lam = solve_lambda(problem, D, C, smoothness)
-    lam_adam = fit_adam_objective(problem, D, C, smoothness, steps=adam_steps, lr=0.02)
+    with _one_thread():  # untimed; its tiny ops run several times faster on one thread when cores are shared
+        lam_adam = fit_adam_objective(problem, D, C, smoothness, steps=adam_steps, lr=0.02)
     obj_closed = objective(problem, lam, D, C, smoothness)
     obj_adam = objective(problem, lam_adam, D, C, smoothness)
-    return {"solve_time_ratio": t_closed / t_ref, "closed_form_s": t_closed, "reference_s": t_ref,
+    return {"solve_time_ratio": t_closed / ref["reference_s"], "closed_form_s": t_closed, **ref,
             "solve_objective_ratio": obj_closed / obj_adam, "objective_closed": obj_closed,
             "objective_adam": obj_adam}
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def bench_size() -> dict[str, float]:
@@ -127,17 +167,51 @@ def bench_size() -> dict[str, float]:
     return {"size_ratio": size / dense, "edit_bytes": size, "dense_bytes": dense}
 
 
-def run_bench(quick: bool = False) -> dict[str, float]:
-    """All benchmarks; ``quick`` shrinks repeats and the reference's steps (for tests only)."""
-    reps = 1 if quick else 5
+def measurements(quick: bool = False, full: bool = False) -> list[Measurement]:
+    """The benchmark's rows, in the order they run: (what is measured, a function returning its numbers).
+
+    ``quick``: tiny sizes for tests (the ratios mean nothing); ``full``: five repeats and all 2001
+    reference steps timed; default: three repeats and 200 reference steps timed, then scaled.
+    """
+    reps = 1 if quick else 5 if full else 3
+    timed = None if full else TIMED_REFERENCE_STEPS
+    rows: list[Measurement] = [
+        ("statistics overhead: collect_stats vs the plain forward", lambda: bench_stats_overhead(
+            reps, samples=50 if quick else 200)),
+        ("accumulation: SecondMoment.add vs one float64 X^T X", lambda: bench_accumulate(
+            reps, rows=8192 if quick else 131072)),
+        ("solve: closed form vs the reference's Adam, and vs Adam on the same objective",
+         (lambda: bench_solve(reps, reference_steps=21, channels=32, adam_steps=300, timed_steps=None)) if quick
+         else (lambda: bench_solve(reps, timed_steps=timed))),
+        ("size: a rank-1 edit file vs the dense weight", bench_size),
+        # more rows go here (for example the 2-process statistics speed-up)
+    ]
+    return rows
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_bench(quick: bool = False, full: bool = False, progress: bool = True) -> dict[str, float]:
+    """Every row of :func:`measurements`; with ``progress`` a line on stderr as each starts and ends.
+
+    Also records ``total_s`` (wall seconds of the whole run).
+    """
+    rows = measurements(quick, full)
     results: dict[str, float] = {}
-    results.update(bench_stats_overhead(reps, samples=50 if quick else 200))
-    results.update(bench_accumulate(reps, rows=8192 if quick else 131072))
-    if quick:
-        results.update(bench_solve(reps, reference_steps=21, channels=32, adam_steps=300))
-    else:
-        results.update(bench_solve(reps))
-    results.update(bench_size())
+    t_all = time.perf_counter()
+    if progress and not quick and not full:
+        _say(f"bench: the reference's {REFERENCE_STEPS} Adam steps are timed over {TIMED_REFERENCE_STEPS} and "
+             "scaled (--full times all of them)")
+    for i, (what, fn) in enumerate(rows, 1):
+        if progress:
+            _say(f"bench [{i}/{len(rows)}] {what} ...")
+        t0 = time.perf_counter()
+        results.update(fn())
+        if progress:
+            _say(f"bench [{i}/{len(rows)}] done in {time.perf_counter() - t0:.1f} s")
+    results["total_s"] = time.perf_counter() - t_all
     return results
 
 
@@ -148,12 +222,31 @@ def format_table(results: dict[str, float]) -> str:
         lines.append(f"{key:<24}{results[key]:>12.6g}{'<= ' + str(target):>10}  {ok}")
     lines.append("")
     lines += [f"  {k} = {v:.6g}" for k, v in results.items() if k not in TARGETS]
+    n = results.get("reference_timed_steps")
+    if n is not None and n < REFERENCE_STEPS:
+        lines.append(f"  (reference_s: {int(n)} of the reference's {REFERENCE_STEPS} Adam steps timed, scaled to "
+                     f"{REFERENCE_STEPS}; --full times all of them)")
     return "\n".join(lines)
 
 
-def main(as_json: bool = False, quick: bool = False) -> int:
-    results = run_bench(quick=quick)
+def bench_record(results: dict[str, float], command: str | None, full: bool) -> dict[str, Any]:
+    """What ``--json-out`` writes: the ratios, every other number, and how and where they were measured."""
+    return {"ratios": {k: results[k] for k in TARGETS}, "targets": TARGETS,
+            "details": {k: v for k, v in results.items() if k not in TARGETS},
+            "_meta": {"command": command, "full": full, "machine": platform.machine(),
+                      "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}}
+
+
+def main(as_json: bool = False, quick: bool = False, full: bool = False, json_out: str | Path | None = None,
+         command: str | None = None) -> int:
+    """Run the benchmark, print the table (and with ``as_json`` one JSON line of the ratios last)."""
+    results = run_bench(quick=quick, full=full)
     print(format_table(results))
+    if json_out is not None:
+        from olam_edit.files.atomic import atomic_write_bytes
+
+        record = bench_record(results, command, full)
+        atomic_write_bytes(Path(json_out), (json.dumps(record, indent=1) + "\n").encode())
     if as_json:
         print(json.dumps({k: results[k] for k in TARGETS}))
     return 0

@@ -8,13 +8,17 @@ On held-out seeds (never those of the request) the base and edited images are co
 - ``generality``: the share of held-out images whose in-region change exceeds ``threshold``.
 The baselines run on the same request: ``finetune_layer`` optimises the whole layer without the rank
 constraint, ``finetune_all`` every weight of the generator on the single copy-paste example, each
-with the reference's optimiser (Adam, L1). Images are in [-1, 1].
+with the reference's optimiser (Adam, L1), :data:`DEFAULT_STEPS` steps each; ``checkpoints`` also
+scores each baseline after that many of its steps, to show how far it has converged. Each score
+comes with its sampling error over the seeds (``ratio_se``, ``generality_se``) and the report keeps
+every seed's own in-region and collateral change (``per_seed``), so a run on some of the seeds can be
+compared with a stored run seed by seed. Images are in [-1, 1].
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,15 +36,20 @@ from olam_edit.rules.spatial.tensors import RuleTensors
 
 DEFAULT_HELDOUT = range(10_000, 10_200)
 GENERALITY_THRESHOLD = 0.05  # mean |change| in the region, in [-1, 1] pixel units
+DEFAULT_STEPS = 2001  # Adam steps of each baseline, as the reference code's insert()
+BASELINES = ("finetune_layer", "finetune_all")
 
 
 @dataclass
 class Scores:
-    """The three measures of one method on the held-out seeds."""
+    """The three measures of one method on the held-out seeds, with the sampling errors of the ratio and
+    of generality (standard errors over the seeds; 0 for a single seed)."""
 
     in_region: float
     collateral: float
     generality: float
+    ratio_se: float = 0.0
+    generality_se: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -58,18 +67,33 @@ class Report:
     settings: dict[str, Any] = field(default_factory=dict)
     edit: Edit | None = field(default=None, repr=False)
     models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    checkpoints: dict[str, Scores] = field(default_factory=dict)  # "finetune_all@100": after 100 steps
+    per_seed: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)  # name -> in, out
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: {**asdict(v), "ratio": v.ratio} for k, v in self.methods.items()}
+    def to_json(self, per_seed: bool = False) -> dict[str, Any]:
+        """Scores by method, ``_checkpoints`` when any, ``_meta``; with ``per_seed`` also ``_per_seed``:
+        the seeds and each method's per-seed in-region and collateral change (6 significant digits)."""
+        out: dict[str, Any] = {k: scores_json(v) for k, v in self.methods.items()}
+        if self.checkpoints:
+            out["_checkpoints"] = {k: scores_json(v) for k, v in self.checkpoints.items()}
         out["_meta"] = {"seeds": [self.seeds[0], self.seeds[-1], len(self.seeds)],
                         "region_fraction": self.region_fraction, **self.settings}
+        if per_seed:
+            out["_per_seed"] = {"seeds": list(self.seeds), **{k: {f: [float(f"{x:.6g}") for x in xs]
+                                                               for f, xs in v.items()}
+                                                           for k, v in self.per_seed.items()}}
         return out
 
     def table(self) -> str:
-        lines = [f"{'method':<16}{'in_region':>11}{'collateral':>12}{'ratio':>8}{'generality':>12}"]
-        for name, s in self.methods.items():
-            lines.append(f"{name:<16}{s.in_region:>11.4f}{s.collateral:>12.4f}{s.ratio:>8.2f}{s.generality:>12.2f}")
+        lines = [f"{'method':<20}{'in_region':>11}{'collateral':>12}{'ratio':>8}{'generality':>12}"]
+        for name, s in {**self.methods, **self.checkpoints}.items():
+            lines.append(f"{name:<20}{s.in_region:>11.4f}{s.collateral:>12.4f}{s.ratio:>8.2f}{s.generality:>12.2f}")
         return "\n".join(lines)
+
+
+def scores_json(s: Scores) -> dict[str, float]:
+    """A Scores as JSON: its fields and the ratio."""
+    return {**asdict(s), "ratio": s.ratio}
 
 
 def heldout_seeds(request: EditRequest | None, seeds: Sequence[int] | None = None) -> list[int]:
@@ -103,8 +127,31 @@ def score(before: Tensor, after: Tensor, region: Tensor, threshold: float = GENE
     in_region = float((diff * region).sum() / region.sum().clamp_min(1))
     collateral = float((diff * ~region).sum() / (~region).sum().clamp_min(1))
     in_img, out_img, has_region = per_image(before, after, region)
-    generality = float(((in_img - out_img > threshold) & has_region).float().mean())
-    return Scores(in_region, collateral, generality)
+    hit = ((in_img - out_img > threshold) & has_region).double()  # [B]
+    generality = float(hit.mean())
+    n_in = region.flatten(1).sum(1).double()  # [B] region pixels of each image
+    n_out = region[0].numel() - n_in  # [B]
+    ratio_se = ratio_standard_error(in_img.double() * n_in, out_img.double() * n_out, n_in, n_out)
+    generality_se = float(hit.std() / len(hit) ** 0.5) if len(hit) > 1 else 0.0
+    return Scores(in_region, collateral, generality, ratio_se, generality_se)
+
+
+def ratio_standard_error(a: Tensor, b: Tensor, n_in: Tensor, n_out: Tensor) -> float:
+    """Standard error over the images of the in-region over collateral ratio
+    ``R = (sum a / sum n_in) / (sum b / sum n_out)``.
+
+    ``a`` and ``b`` are each image's summed change inside and outside its region, ``n_in`` and ``n_out``
+    their pixel counts (all ``[B]``). The delta method: each image's first-order effect on R is
+    ``u = (a - I n_in) / (sum n_in O) - R (b - O n_out) / (sum n_out O)`` with I, O the two means, and
+    the variance is ``B / (B - 1) sum u^2``. 0 for one image or no collateral change.
+    """
+    n = a.numel()
+    I, O = float(a.sum() / n_in.sum().clamp_min(1)), float(b.sum() / n_out.sum().clamp_min(1))
+    if n < 2 or O <= 0:
+        return 0.0
+    R = I / O
+    u = (a - I * n_in) / (float(n_in.sum()) * O) - R * (b - O * n_out) / (float(n_out.sum()) * O)  # [B]
+    return float((u.square().sum() * n / (n - 1)).sqrt())
 
 
 def heatmap_region(rewriter: Rewriter, directions: Tensor, seeds: list[int], size: tuple[int, int],
@@ -119,11 +166,14 @@ def heatmap_region(rewriter: Rewriter, directions: Tensor, seeds: list[int], siz
 def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds: Sequence[int] | None = None,
              region: Tensor | None = None, baselines: bool = True, rewriter: Rewriter | None = None,
              quantile: float = HEATMAP_QUANTILE, threshold: float = GENERALITY_THRESHOLD,
-             steps: dict[str, int] | None = None, progress: bool = True) -> Report:
+             steps: dict[str, int] | None = None, checkpoints: Sequence[int] = (), progress: bool = True) -> Report:
     """Measure a rewrite (and, with a request, the paper's baselines) on held-out seeds.
 
     ``region`` is a fixed mask ``[H, W]`` (or ``[B, H, W]``) at image resolution; by default it is
-    the base model's context heatmap. Baselines need the request (an Edit's recipe serves).
+    the base model's context heatmap. Baselines need the request (an Edit's recipe serves); ``steps``
+    maps a baseline's name to its Adam steps (default :data:`DEFAULT_STEPS` each), and each baseline
+    is also scored after every step count in ``checkpoints`` below its own (``report.checkpoints``,
+    named ``"finetune_all@100"``). With ``progress`` each baseline shows a bar with its ETA.
     """
     request, edit = _request_and_edit(edit_or_request)
     layer = request.layer if request is not None else edit.layers[0] if edit is not None else ""
@@ -135,16 +185,57 @@ def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds
     held = heldout_seeds(request, seeds)
     before = generator.images(held)
     reg = _region(rw, edit, layer, held, before.shape[-2:], region, quantile)
-    methods = {"rewrite": score(before, generator.images(held, edit), reg, threshold)}
-    models = _baselines(generator, rw, request, steps or {}, progress) if baselines and request else {}
-    for name, model in models.items():
-        methods[name] = score(before, _render(generator, model, held), reg, threshold)
-    settings = {"layer": layer, "quantile": quantile if region is None else None, "threshold": threshold,
-                "steps": _steps(steps or {}) if models else None, "region": "heatmap" if region is None else "given",
-                "relative_norm": edit.manifest.get("metrics", {}).get("relative_norm")}
-    report = Report(methods, held, float(reg.float().mean()), settings)
+    report = Report({}, held, float(reg.float().mean()))
+
+    def keep(name: str, after: Tensor, checkpoint: bool = False) -> None:
+        _record(report, name, before, after, reg, threshold, checkpoint)
+
+    keep("rewrite", generator.images(held, edit))
+    models: dict[str, nn.Module] = {}
+    if baselines and request is not None:
+        hooks = _checkpoint_hooks(generator, held, checkpoints, _steps(steps or {}), keep)
+        models = _baselines(generator, rw, request, steps or {}, progress, hooks)
+        for name, model in models.items():
+            keep(name, render(generator, model, held))
+    report.settings = {"layer": layer, "quantile": quantile if region is None else None, "threshold": threshold,
+                       **_run_settings(report, steps, bool(models)), "region": "heatmap" if region is None else "given",
+                       "relative_norm": edit.manifest.get("metrics", {}).get("relative_norm")}
     report.edit, report.models = edit, models
     return report
+
+
+def _run_settings(report: Report, steps: dict[str, int] | None, ran: bool) -> dict[str, Any]:
+    """The baselines' steps and the checkpoints scored (None when no baseline ran)."""
+    done = sorted({int(k.rsplit("@", 1)[1]) for k in report.checkpoints})
+    return {"steps": _steps(steps or {}) if ran else None, "checkpoints": done or None}
+
+
+def _record(report: Report, name: str, before: Tensor, after: Tensor, region: Tensor, threshold: float,
+            checkpoint: bool) -> None:
+    """Score ``after`` against ``before`` into the report, with each seed's in-region and collateral change."""
+    (report.checkpoints if checkpoint else report.methods)[name] = score(before, after, region, threshold)
+    in_img, out_img, _ = per_image(before, after, region)
+    report.per_seed[name] = {"in": in_img.tolist(), "out": out_img.tolist()}
+
+
+StepHook = Callable[[int, nn.Module], None]  # called with (steps done, model) after each optimiser step
+
+
+def _checkpoint_hooks(generator: Generator, seeds: list[int], checkpoints: Sequence[int], steps: dict[str, int],
+                      keep: Callable[..., None]) -> Callable[[str], StepHook]:
+    """For a baseline's name, the step hook that scores its model after each step count in ``checkpoints``
+    below its last (the last is scored anyway)."""
+
+    def for_baseline(name: str) -> StepHook:
+        wanted = {c for c in checkpoints if c < steps[name]}
+
+        def hook(step: int, model: nn.Module) -> None:
+            if step in wanted:
+                keep(f"{name}@{step}", render(generator, model, seeds), True)
+
+        return hook
+
+    return for_baseline
 
 
 def _request_and_edit(obj: Edit | EditRequest) -> tuple[EditRequest | None, Edit | None]:
@@ -163,22 +254,29 @@ def _region(rw: Rewriter, edit: Edit, layer: str, seeds: list[int], size: torch.
     return heatmap_region(rw, D, seeds, (size[-2], size[-1]), quantile)
 
 
-def _render(generator: Generator, model: nn.Module, seeds: list[int]) -> Tensor:
+def render(generator: Generator, model: nn.Module, seeds: list[int]) -> Tensor:
+    """Images ``[B, 3, H, W]`` in [-1, 1] of ``seeds`` from ``model`` (a baseline's copy of the generator's)."""
     with torch.no_grad():
         return torch.cat([model(generator.latents(seeds[i : i + 25])).clamp(-1, 1) for i in range(0, len(seeds), 25)])
 
 
+_render = render  # the name it had before
+
+
 # -- baselines -----------------------------------------------------------------------------------
 def _steps(steps: dict[str, int]) -> dict[str, int]:
-    return {"finetune_layer": steps.get("finetune_layer", 2001), "finetune_all": steps.get("finetune_all", 2001)}
+    return {name: steps.get(name, DEFAULT_STEPS) for name in BASELINES}
 
 
-def _baselines(generator: Generator, rw: Rewriter, request: EditRequest, steps: dict[str, int], progress: bool
-               ) -> dict[str, nn.Module]:
+def _baselines(generator: Generator, rw: Rewriter, request: EditRequest, steps: dict[str, int], progress: bool,
+               hooks: Callable[[str], StepHook | None] | None = None) -> dict[str, nn.Module]:
     n = _steps(steps)
     rule = rw.rule_tensors(request)
-    return {"finetune_layer": finetune_layer(rw, rule, n["finetune_layer"], progress),
-            "finetune_all": finetune_all(generator, rw, request, rule, n["finetune_all"], progress)}
+    hook: Callable[[str], StepHook | None] = hooks or (lambda _name: None)
+    return {"finetune_layer": finetune_layer(rw, rule, n["finetune_layer"], progress, on_step=hook("finetune_layer"),
+                                             desc="baseline 1/2: finetune_layer"),
+            "finetune_all": finetune_all(generator, rw, request, rule, n["finetune_all"], progress,
+                                         on_step=hook("finetune_all"), desc="baseline 2/2: finetune_all")}
 
 
 def _relative_adam(params: list[Tensor], lr: float) -> torch.optim.Adam:
@@ -188,9 +286,12 @@ def _relative_adam(params: list[Tensor], lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(groups)
 
 
-def finetune_layer(rw: Rewriter, rule: RuleTensors, steps: int = 2001, progress: bool = True, lr: float = 0.05
-                   ) -> nn.Module:
-    """The reference's full-rank insert: Adam on the whole layer, L1 on the fit box, no projection."""
+def finetune_layer(rw: Rewriter, rule: RuleTensors, steps: int = DEFAULT_STEPS, progress: bool = True,
+                   lr: float = 0.05, on_step: StepHook | None = None, desc: str = "finetune_layer") -> nn.Module:
+    """The reference's full-rank insert: Adam on the whole layer, L1 on the fit box, no projection.
+
+    ``on_step(steps_done, model)`` runs after every step (the model is the copy being trained).
+    """
     model = copy.deepcopy(rw.generator.model)
     from olam_edit.memory.handles import get_handle
 
@@ -198,11 +299,13 @@ def finetune_layer(rw: Rewriter, rule: RuleTensors, steps: int = 2001, progress:
     p = h.parameter
     opt = _relative_adam([p], lr)
     x, v_star, m = rule.x_paste.to(p.dtype), rule.v_star.to(p.dtype), rule.fit_mask.to(p.dtype)
-    for _ in tqdm(range(steps), disable=not progress, desc="finetune_layer"):
+    for i in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
         opt.zero_grad()
         loss = ((h.linear_op(x, h.effective_weight()) - v_star).abs() * m[:, None]).sum() / (m.sum() * v_star.shape[1])
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(i + 1, model)
     return model.eval()
 
 
@@ -219,22 +322,26 @@ def goal_image(generator: Generator, rw: Rewriter, request: EditRequest, rule: R
         hook.remove()
 
 
-def finetune_all(generator: Generator, rw: Rewriter, request: EditRequest, rule: RuleTensors, steps: int = 2001,
-                 progress: bool = True, lr: float = 0.01) -> nn.Module:
+def finetune_all(generator: Generator, rw: Rewriter, request: EditRequest, rule: RuleTensors,
+                 steps: int = DEFAULT_STEPS, progress: bool = True, lr: float = 0.01, on_step: StepHook | None = None,
+                 desc: str = "finetune_all") -> nn.Module:
     """The reference's "overfit": every weight, Adam, L1 to the goal image inside the paste box.
 
     The reference adds 0.01 x a VGG16 feature loss; no VGG weights exist offline, so it is L1 only.
+    ``on_step(steps_done, model)`` runs after every step.
     """
     goal = goal_image(generator, rw, request, rule)  # [1, 3, H, W]
     box = _image_box(rule, goal.shape[-2:], rule.v_star.shape[-2:]).to(goal.device)
     model = copy.deepcopy(generator.model).train(False)
     opt = _relative_adam([p for p in model.parameters() if p.requires_grad], lr)
     z = generator.latents([request.paste.seed])
-    for _ in tqdm(range(steps), disable=not progress, desc="finetune_all"):
+    for i in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
         opt.zero_grad()
         loss = ((model(z) - goal).abs() * box).sum() / (box.sum() * 3)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step(i + 1, model)
     return model.eval()
 
 
@@ -246,74 +353,3 @@ def _image_box(rule: RuleTensors, image_size: torch.Size, value_size: torch.Size
     m[..., int(b.y0 * sy) : int(b.y1 * sy), int(b.x0 * sx) : int(b.x1 * sx)] = 1
     return m
 
-
-# -- picture -------------------------------------------------------------------------------------
-COLORS = {"in_region": (200, 60, 60), "collateral": (90, 90, 200)}
-
-
-def bar_chart(report: Report, width: int = 420, height: int = 220):
-    """A PIL bar chart: in-region and collateral change per method, ratio and generality below."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    top = max(max(s.in_region, s.collateral) for s in report.methods.values()) or 1.0
-    slot = (width - 20) / len(report.methods)
-    for i, (name, s) in enumerate(report.methods.items()):
-        x = 10 + i * slot
-        for j, (key, val) in enumerate((("in_region", s.in_region), ("collateral", s.collateral))):
-            h = (height - 70) * val / top
-            x0 = x + 10 + j * (slot - 20) / 2
-            draw.rectangle([x0, height - 50 - h, x0 + (slot - 30) / 2, height - 50], fill=COLORS[key])
-        draw.text((x + 8, height - 45), name, fill=(0, 0, 0))
-        draw.text((x + 8, height - 30), f"ratio {s.ratio:.2f}  gen {s.generality:.2f}", fill=(0, 0, 0))
-    draw.text((10, 5), "mean |change|: red = in region, blue = collateral", fill=(0, 0, 0))
-    return img
-
-
-def save_picture(report: Report, strips: dict[str, Tensor], path: Any) -> Any:
-    """Bar chart above before/after strips (``strips``: method name -> images ``[B, 3, H, W]``)."""
-    import io
-    from pathlib import Path
-
-    from PIL import Image
-
-    from olam_edit.eval.grid import grid_image
-    from olam_edit.files.atomic import atomic_write_bytes
-
-    grid = grid_image(list(strips.values()), labels=list(strips), zoom=2)
-    chart = bar_chart(report, width=max(420, grid.width))
-    canvas = Image.new("RGB", (max(chart.width, grid.width), chart.height + grid.height), (255, 255, 255))
-    canvas.paste(chart, (0, 0))
-    canvas.paste(grid, (0, chart.height))
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    return atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def render_strips(generator: Generator, edit: Edit, models: dict[str, nn.Module], seeds: list[int]
-                  ) -> dict[str, Tensor]:
-    """Images of a few seeds for each method, for the picture."""
-    strips = {"before": generator.images(seeds), "rewrite": generator.images(seeds, edit)}
-    strips.update({name: _render(generator, m, seeds) for name, m in models.items()})
-    return strips
-
-
-def sweep_chart(rows: list[dict[str, Any]], width: int = 480, bar: int = 22):
-    """A PIL horizontal bar chart of the in-region / collateral ratio of each (layer, rank)."""
-    from PIL import Image, ImageDraw
-
-    ok = [r for r in rows if "ratio" in r]
-    img = Image.new("RGB", (width, 30 + bar * max(len(rows), 1)), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    draw.text((8, 6), "in-region change / collateral change (higher is more local)", fill=(0, 0, 0))
-    top = max((r["ratio"] for r in ok), default=1.0) or 1.0
-    for i, r in enumerate(rows):
-        y = 26 + i * bar
-        draw.text((8, y + 4), f"{r['layer']} r{r['rank']}", fill=(0, 0, 0))
-        if "ratio" in r:
-            draw.rectangle([110, y + 3, 110 + (width - 180) * r["ratio"] / top, y + bar - 5], fill=(200, 60, 60))
-            draw.text((width - 60, y + 4), f"{r['ratio']:.2f}", fill=(0, 0, 0))
-        else:
-            draw.text((110, y + 4), "failed", fill=(150, 0, 0))
-    return img

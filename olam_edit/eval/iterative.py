@@ -50,19 +50,27 @@ def fit_adam_objective(problem: Problem, D: Tensor, C: Tensor, smoothness: float
     lam = torch.zeros_like(h.lam_of(problem.w0, D), requires_grad=True)
     opt = torch.optim.Adam([lam], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    with torch.no_grad():
+        r0 = problem.v_star - h.linear_op(problem.x, problem.w0)  # what the edit must add; constant in lam
     for _ in range(steps):
         opt.zero_grad()
-        loss = _objective_tensor(problem, lam, D, C, smoothness)
+        loss = _objective_tensor(problem, lam, D, C, smoothness, r0)
         loss.backward()
         opt.step()
         sched.step()
     return lam.detach()
 
 
-def _objective_tensor(problem: Problem, lam: Tensor, D: Tensor, C: Tensor, smoothness: float) -> Tensor:
-    """Differentiable twin of :func:`olam_edit.memory.solve.objective`, normalised by the fit size."""
+def _objective_tensor(problem: Problem, lam: Tensor, D: Tensor, C: Tensor, smoothness: float,
+                      r0: Tensor | None = None) -> Tensor:
+    """Differentiable twin of :func:`olam_edit.memory.solve.objective`, normalised by the fit size.
+
+    ``r0`` is ``v_star - op(x, W0)`` when the caller has it (it does not depend on lam); computed otherwise.
+    """
     h = problem.handle
-    resid = problem.v_star - h.linear_op(problem.x, problem.w0) - h.delta_response(problem.x, lam, D)
+    if r0 is None:
+        r0 = problem.v_star - h.linear_op(problem.x, problem.w0)
+    resid = r0 - h.delta_response(problem.x, lam, D)
     m = problem.mask
     fit = resid.square().sum() if m is None else (resid.square() * m.unsqueeze(1 if resid.ndim == 4 else -1)).sum()
     n = resid[:, 0].numel() if m is None else float(m.sum())
