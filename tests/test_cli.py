@@ -60,26 +60,25 @@ def test_wrong_layer_is_a_clear_error() -> None:
     assert "main.6" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_bench_quick_json_last_line() -> None:
-    out = run("bench", "--quick", "--json")
-    assert out.returncode == 0, out.stderr
-    last = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(last) == {"stats_overhead", "accumulate_ratio", "solve_time_ratio", "solve_objective_ratio",
-                         "size_ratio"}
-    assert all(v > 0 for v in last.values())
-
-
 def test_bench_says_what_it_measures_as_it_goes_and_writes_its_record(tmp_path) -> None:
-    out = run("bench", "--quick", "--json-out", str(tmp_path / "bench.json"))
+    """One quick run (each starts two torchrun launches): progress lines, the JSON last line, the record."""
+    out = run("bench", "--quick", "--json", "--json-out", str(tmp_path / "bench.json"))
     assert out.returncode == 0, out.stderr
     starts = [line for line in out.stderr.splitlines() if line.startswith("bench [") and line.endswith("...")]
     ends = [line for line in out.stderr.splitlines() if line.startswith("bench [") and " done in " in line]
-    assert len(starts) == len(ends) >= 4 and starts[0].startswith("bench [1/")
+    assert len(starts) == len(ends) == 5 and starts[0].startswith("bench [1/5]")
+    targeted = {"stats_overhead", "accumulate_ratio", "solve_time_ratio", "solve_objective_ratio", "size_ratio"}
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(last) == targeted | {"stats_2proc_speedup"}
+    assert all(v > 0 for v in last.values())
+    assert "stats_2proc_speedup" in out.stdout.split("{")[0]  # in the table too, without a target
     record = json.loads((tmp_path / "bench.json").read_text())
-    keys = {"stats_overhead", "accumulate_ratio", "solve_time_ratio", "solve_objective_ratio", "size_ratio"}
-    assert set(record["ratios"]) == set(record["targets"]) == keys
-    assert record["_meta"]["command"] == f"olam-edit bench --quick --json-out {tmp_path / 'bench.json'}"
+    assert set(record["targets"]) == targeted and set(record["ratios"]) == set(last)
+    assert record["ratios"] == last
+    assert record["_meta"]["command"] == f"olam-edit bench --quick --json --json-out {tmp_path / 'bench.json'}"
     assert record["details"]["total_s"] > 0
+    assert record["details"]["stats_1proc_s"] / record["details"]["stats_2proc_s"] == pytest.approx(
+        last["stats_2proc_speedup"])
     both = run("bench", "--quick", "--full")
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
@@ -95,7 +94,7 @@ def test_bench_default_times_part_of_the_reference_and_scales_it() -> None:
     whole = bench.time_reference(problem, D, steps=12, timed_steps=None)
     assert whole["reference_timed_steps"] == 12 and whole["reference_s"] == whole["reference_timed_s"]
     rows = {what.split(":")[0]: fn for what, fn in bench.measurements()}
-    assert list(rows) == ["statistics overhead", "accumulation", "solve", "size"]
+    assert list(rows) == ["statistics overhead", "accumulation", "solve", "size", "distributed statistics"]
     assert bench.TIMED_REFERENCE_STEPS == 200 and bench.REFERENCE_STEPS == 2001
     table = bench.format_table({**dict.fromkeys(bench.TARGETS, 0.5), **part, "reference_timed_steps": 200})
     assert "200 of the reference's 2001 Adam steps timed, scaled to 2001" in table
