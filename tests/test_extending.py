@@ -5,13 +5,13 @@ errors, the core's Generator protocol, the handle hooks and the StyleGAN2 handle
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from readme_code import README, python_block_after
 from torch import nn
 
 import olam_edit as oe
@@ -26,17 +26,11 @@ from olam_edit.memory.solve import Problem, rewrite_layer
 from olam_edit.rules.generator import MEMBERS, Generator, check_generator
 from olam_edit.rules.spatial.rewriter import Rewriter
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = "<!-- model-family-example -->"
 
 
 def _example_code() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("### A new model family"):]
-    after = section[section.index(MARKER) + len(MARKER):]
-    match = re.search(r"```python\n(.*?)```", after, flags=re.S)
-    assert match, "the README's model-family example has no python block after its marker"
-    return match.group(1)
+    return python_block_after(MARKER, section='### A new model family')
 
 
 @pytest.fixture

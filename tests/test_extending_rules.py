@@ -4,28 +4,22 @@ itself on the model card in the rule's own words."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
+from readme_code import README, python_block_after
 
 import olam_edit as oe
 from olam_edit.edit.card import build_model_card
 from olam_edit.errors import RequestError
 from olam_edit.rules import make_recipe, register_rule_kind, registry, rule_kind
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = "<!-- rule-kind-example -->"
 
 
 def _example_code() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("### A new rule kind"):]
-    after = section[section.index(MARKER) + len(MARKER):]
-    match = re.search(r"```python\n(.*?)```", after, flags=re.S)
-    assert match, "the README's rule-kind example has no python block after its marker"
-    return match.group(1)
+    return python_block_after(MARKER, section='### A new rule kind')
 
 
 @pytest.fixture

@@ -135,6 +135,21 @@ def test_round_trip_applies_bit_identically(fake_hub: FakeHub, tmp_path: Path, e
     assert not same(state(theirs), state(tiny_gen().model))
 
 
+def test_a_merged_edit_round_trips_like_any_other(fake_hub: FakeHub, tmp_path: Path, edits) -> None:
+    merged = oe.Edit.merge(list(edits), scales=[1.0, 0.5])
+    push(fake_hub, merged, repo="someone/merged")
+    pulled = load(fake_hub, tmp_path / "cache", repo="someone/merged")
+    assert pulled.fingerprint == merged.fingerprint and pulled.manifest == merged.manifest
+    card = fake_hub.files("someone/merged")["README.md"].decode()
+    assert "merged-rule" in card and "A merge of 2 edits" in card and edits[1].fingerprint[:12] in card
+    ours, theirs = tiny_gen().model, tiny_gen().model
+    merged.apply(ours)
+    pulled.apply(theirs)
+    assert same(state(ours), state(theirs)) and not same(state(theirs), state(tiny_gen().model))
+    pulled.revert(theirs)
+    assert same(state(theirs), state(tiny_gen().model))
+
+
 def test_model_card_yaml_carries_the_fields(fake_hub: FakeHub, tmp_path: Path, edits) -> None:
     push(fake_hub, edits[0], image=png_bytes())
     text = fake_hub.files(REPO)["README.md"].decode()

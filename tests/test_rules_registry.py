@@ -41,7 +41,7 @@ def _spd(d: int, g: torch.Generator) -> torch.Tensor:
 # -- the registry -----------------------------------------------------------------------------------------
 def test_builtin_kinds_are_a_static_table_and_registration_is_checked(monkeypatch) -> None:
     monkeypatch.setattr(registry, "_registered", {})
-    assert set(RULE_KINDS) == {"spatial", "text"} and registry.rule_kinds() == dict(RULE_KINDS)
+    assert set(RULE_KINDS) == {"spatial", "text", "merged"} and registry.rule_kinds() == dict(RULE_KINDS)
     with pytest.raises(TypeError):
         RULE_KINDS["other"] = RULE_KINDS["text"]  # read-only: nothing changes the table at run time
     for bad, match in ((RuleKind("Bad Name", "t", str), "lower-case identifier"),
@@ -50,7 +50,7 @@ def test_builtin_kinds_are_a_static_table_and_registration_is_checked(monkeypatc
         with pytest.raises(RequestError, match=match):
             register_rule_kind(bad)
     mine = register_rule_kind(RuleKind("mine", "a test kind", lambda r: f"made from {r['n']} things"))
-    assert registry.rule_kind("mine") is mine and set(registry.rule_kinds()) == {"spatial", "text", "mine"}
+    assert registry.rule_kind("mine") is mine and set(registry.rule_kinds()) == {"spatial", "text", "merged", "mine"}
 
 
 def test_make_recipe_stamps_kind_summary_and_layer_notes(monkeypatch) -> None:

@@ -163,7 +163,12 @@ def test_rewrite_layer_reports_norm_and_residual() -> None:
     assert report.relative_norm == pytest.approx(
         float(delta.dense(torch.float64).norm() / w0.norm()), rel=1e-6
     )
-    assert delta.lam.dtype == torch.float32 and delta.rank == 2
+    assert h.parameter.dtype == torch.float64  # factors follow the layer: float64 here, float32 for float32 layers
+    assert delta.lam.dtype == delta.directions.dtype == torch.float64 and delta.rank == 2
+    with torch.no_grad():
+        h.parameter.data = h.parameter.data.float()
+    delta32, _ = oe.rewrite_layer(oe.Problem(h, x, v_star), D, C, smoothness=0.1)
+    assert delta32.lam.dtype == delta32.directions.dtype == torch.float32
 
 
 def test_conv_delta_response_matches_dense_weight_change() -> None:

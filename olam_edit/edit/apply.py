@@ -56,7 +56,7 @@ def _has_layers(model: nn.Module, edit: Edit) -> bool:
     return all(n in names for n in edit.deltas)
 
 
-def _base_tensor(model: nn.Module, handle: LayerHandle) -> Tensor:
+def base_tensor(model: nn.Module, handle: LayerHandle) -> Tensor:
     """The layer's weight before any applied edit (the first kept original), else the current one."""
     for applied in _STACKS.get(model, []):
         if handle.name in applied.originals:
@@ -84,7 +84,7 @@ def _check_base(model: nn.Module, edit: Edit, handle: LayerHandle) -> None:
                                         got=summary(expected), expected="the sha256 of the base layer weight",
                                         fix="Without it the edit cannot be checked against this model; pass "
                                             "force=True (--force) to apply it anyway."))
-    got = tensor_fingerprint(_base_tensor(model, handle))
+    got = tensor_fingerprint(base_tensor(model, handle))
     if got != expected:
         raise BaseMismatchError(
             explain(f"layer {handle.name!r} is not the weight this edit was made for",

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from olam_edit._version import __version__
-from olam_edit.edit import apply, files, lora, publish
+from olam_edit.edit import apply, files, lora, merge, publish
 from olam_edit.edit.files import SCHEMA_VERSION, content_fingerprint
 from olam_edit.files.fingerprint import tensor_fingerprint
 from olam_edit.memory.delta import Delta
@@ -28,7 +28,8 @@ class Edit:
     @classmethod
     def create(cls, model: nn.Module, deltas: dict[str, Delta], *, base_model: str | None = None,
                revision: str | None = None, component: str | None = None, **info: Any) -> Edit:
-        """Build an edit for ``model``, fingerprinting the current weight of every edited layer.
+        """Build an edit for ``model``, fingerprinting the base weight of every edited layer (the weight
+        before any edit applied to ``model``, so an edit solved on top of others applies to the same base).
 
         Extra keyword arguments (``solver``, ``recipe``, ``stats_fingerprint``, ``rule``, ``metrics``,
         ...) are stored in the manifest as they are (they must be JSON-serialisable).
@@ -36,7 +37,7 @@ class Edit:
         layers = {}
         for name, delta in deltas.items():
             h = get_handle(model, name)
-            layers[name] = {**h.describe(), "fingerprint": tensor_fingerprint(h.parameter),
+            layers[name] = {**h.describe(), "fingerprint": tensor_fingerprint(apply.base_tensor(model, h)),
                             "rank": delta.rank, "scale": delta.scale}
         manifest = {"schema_version": SCHEMA_VERSION, "olam_edit_version": __version__,
                     "base_model": {"id": base_model, "revision": revision}, "component": component,
@@ -65,6 +66,16 @@ class Edit:
             if manifest.get("rule"):
                 manifest["rule"] = f"{manifest['rule']} (strength {scale:g})"
         return Edit({n: d.scaled(scale) for n, d in self.deltas.items()}, manifest)
+
+    @classmethod
+    def merge(cls, edits: list[Edit], scales: list[float] | None = None) -> Edit:
+        """One edit whose delta on each layer is exactly sum_i scales[i] * edits[i]'s (ranks add up).
+
+        The parts must share the base model, component and the base weight of every shared layer
+        (BaseMismatchError otherwise); ``scales`` defaults to ones and must have one finite number per
+        edit. The manifest lists the parts' fingerprints and recipes (see :mod:`olam_edit.edit.merge`).
+        """
+        return cls(*merge.merge_parts(edits, scales, Edit))
 
     # -- model ----------------------------------------------------------------------------------
     def apply(self, model: Any, *, scale: float = 1.0, force: bool = False) -> Any:

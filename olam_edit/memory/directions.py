@@ -61,12 +61,18 @@ def _cholesky(C_reg: Tensor, ridge: float) -> Tensor:
 
 
 def context_directions(keys: Tensor, weights: Tensor | None, C: Tensor, rank: int = 1,
-                       ridge: float = DEFAULT_RIDGE) -> Tensor:
+                       ridge: float = DEFAULT_RIDGE, within: Tensor | None = None) -> Tensor:
     """D ``[rank, d]`` (orthonormal rows) from context keys ``[n, d]`` with weights ``[n]``.
 
     Keys with weight 0 are ignored. Each row's sign is chosen so that it correlates positively with
     the weighted sum of whitened keys (only pictures care; D^T D is sign-free).
+
+    ``within`` ``[d, q]`` (orthonormal columns, :func:`olam_edit.memory.protect.free_basis`) restricts D
+    to its span: the same generalised eigenproblem solved for keys ``K N`` and ``N^T C N``, mapped back,
+    so D k = 0 for every key k orthogonal to that span (the protected keys keep their values).
     """
+    if within is not None:
+        return _directions_within(keys, weights, C, rank, ridge, within)
     weights = torch.ones(keys.shape[0], dtype=keys.dtype, device=keys.device) if weights is None else weights
     _check_inputs(keys, weights, C)
     check_rank(rank, C.shape[0])
@@ -91,6 +97,19 @@ def context_directions(keys: Tensor, weights: Tensor | None, C: Tensor, rank: in
     D = Q.T.contiguous()  # [r, d]
     sign = torch.sign(D @ kw.sum(0))  # [r]
     return D * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
+
+
+def _directions_within(keys: Tensor, weights: Tensor | None, C: Tensor, rank: int, ridge: float,
+                       within: Tensor) -> Tensor:
+    """:func:`context_directions` inside span(``within`` ``[d, q]``), mapped back to ``[rank, d]``."""
+    N = within.to(torch.float64)  # [d, q]
+    if N.ndim != 2 or N.shape[0] != C.shape[0] or rank > N.shape[1]:
+        raise RequestError(explain("the protected keys leave too little room for the rank asked",
+                                   got=f"{N.shape[-1]} free directions of {C.shape[0]}", expected=f"at least {rank}",
+                                   fix="Protect fewer keys (seeds) or lower the rank."))
+    C64 = C.to(torch.float64)
+    D_free = context_directions(keys.to(torch.float64) @ N, weights, N.T @ C64 @ N, rank, ridge)  # [r, q]
+    return (D_free @ N.T).contiguous()  # [r, d], orthonormal rows inside span(N)
 
 
 def single_key_direction(k_star: Tensor, C: Tensor, ridge: float = 0.0) -> Tensor:

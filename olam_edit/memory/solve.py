@@ -273,7 +273,7 @@ def rewrite_layer(problem: Problem, D: Tensor, C: Tensor, smoothness: float = DE
                   refine_iters: int = 5) -> tuple[Delta, SolveReport]:
     """Solve Lambda in closed form (with fixed-point refinement for nonlinear handles).
 
-    Returns the Delta (float32 factors, effective units) and a :class:`SolveReport`. The smoothness
+    Returns the Delta (effective units, factors in :func:`factor_dtype`) and a :class:`SolveReport`. The smoothness
     and the size of the whole solve (refinement steps included) are checked first.
     """
     h, D64 = problem.handle, D.to(torch.float64)
@@ -286,7 +286,8 @@ def rewrite_layer(problem: Problem, D: Tensor, C: Tensor, smoothness: float = DE
             lam, steps = _refine(problem, D64, C, smoothness, lam, refine_iters)
         best = _residual(problem, lam, D64)  # freezes a nonlinear handle at the final weight
         obj = objective(problem, lam, D64, C, smoothness)  # so this is the true objective there
-    delta = Delta(lam.to(torch.float32), D64.to(torch.float32), h.layout)
+    dtype = factor_dtype(h)
+    delta = Delta(lam.to(dtype), D64.to(dtype), h.layout)
     report = SolveReport(delta.relative_norm(problem.w0), obj, before, best, steps)
     return delta, report
 
@@ -309,4 +310,11 @@ def erase_delta(handle: LayerHandle, D: Tensor) -> Delta:
     """The paper's removal rule: W1 = W0 - W0 D^T D (zero the response on span(D))."""
     w0 = handle.effective_weight().detach().to(torch.float64)
     lam = -handle.lam_of(w0, D.to(torch.float64))
-    return Delta(lam.to(torch.float32), D.to(torch.float32), handle.layout)
+    return Delta(lam.to(factor_dtype(handle)), D.to(factor_dtype(handle)), handle.layout)
+
+
+def factor_dtype(handle: LayerHandle) -> torch.dtype:
+    """The dtype of a solved delta's factors: float64 for a float64 layer (so its exact properties,
+    such as protected keys keeping their values, hold to float64 round-off), float32 otherwise. Edit
+    files always store float32."""
+    return torch.float64 if handle.parameter.dtype == torch.float64 else torch.float32

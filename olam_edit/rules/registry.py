@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from olam_edit.edit.merge import describe_merged
 from olam_edit.errors import RequestError, explain
 from olam_edit.rules.spatial.describe import describe_spatial
 from olam_edit.rules.text.describe import describe_text
@@ -48,6 +49,8 @@ RULE_KINDS: Mapping[str, RuleKind] = MappingProxyType({
                         describe_spatial, "olam_edit.rules.spatial.rewriter"),
     "text": RuleKind("text", "render a source prompt as a destination prompt (cross-attention keys -> values)",
                      describe_text, "olam_edit.rules.text.solve"),
+    "merged": RuleKind("merged", "several edits summed into one (Edit.merge)", describe_merged,
+                       "olam_edit.edit.merge"),
 })
 _registered: dict[str, RuleKind] = {}  # kinds declared at run time by register_rule_kind()
 

@@ -16,6 +16,13 @@ def describe_spatial(recipe: Mapping[str, Any]) -> str:
     the context seeds for an erase (``method: "erase"``: its directions come from the context, or the
     paste region when there is none; the copy region plays no part).
     A recipe without ``method`` (written before erases said so) reads as a rewrite."""
+    rules = recipe.get("rules")
+    if isinstance(rules, list) and rules:
+        names = ", ".join(f"`{r.get('name') or i + 1}`" for i, r in enumerate(rules) if isinstance(r, Mapping))
+        return (f"{len(rules)} spatial rules ({names}) solved jointly on layer `{recipe.get('layer')}`, rank "
+                f"{recipe.get('rank')} in all: one least squares fits every rule's target together, on directions "
+                "spanning each rule's own. Each rule's copy / paste / context masks are stored as PNG in "
+                "`edit_config.json` (`recipe.rules`), so anyone can re-derive the edit.")
     context = [_seed(s) for s in recipe.get("context") or [] if isinstance(s, Mapping)]
     stored = "The painted masks are stored as PNG in `edit_config.json` (`recipe`), so anyone can re-derive the edit."
     if recipe.get("method") == "erase":

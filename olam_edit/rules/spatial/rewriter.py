@@ -7,6 +7,7 @@ the provenance an edit records). Statistics are collected (or read from the cach
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,9 @@ from olam_edit.edit.core import Edit
 from olam_edit.errors import RequestError, explain
 from olam_edit.memory.delta import Delta
 from olam_edit.memory.directions import DEFAULT_RIDGE, check_rank, context_directions
+from olam_edit.memory.protect import free_basis
 from olam_edit.memory.solve import (
     DEFAULT_SMOOTHNESS,
-    Problem,
     SolveReport,
     check_smoothness,
     check_solve_size,
@@ -30,6 +31,14 @@ from olam_edit.memory.solve import (
 from olam_edit.memory.stats import SecondMoment
 from olam_edit.rules.generator import Generator, check_generator
 from olam_edit.rules.registry import make_recipe
+from olam_edit.rules.spatial.joint import (
+    as_requests,
+    joint_directions,
+    joint_problem,
+    joint_recipe_fields,
+    joint_smoothness,
+)
+from olam_edit.rules.spatial.keep import Protect, kept_keys, protected_keys
 from olam_edit.rules.spatial.request import EditRequest, Selection
 from olam_edit.rules.spatial.tensors import RuleTensors, composite, resize_mask, round_to_key_grid, weighted_keys
 
@@ -57,11 +66,17 @@ class Rewriter:
     A request's rank must be at most the layer's key dimension and what its context keys span, and
     the solve must fit the bounds of :func:`olam_edit.memory.solve.check_solve_size`; all of this is
     checked before statistics are collected (RequestError / EmptySelectionError, never a clamp).
+
+    ``keep``: edits already applied to the model whose fitted keys must keep their values, and
+    ``protect``: seeds, Selections or a key tensor ``[m, in]`` to keep as they are
+    (:mod:`olam_edit.rules.spatial.keep`). Every later rewrite or erase then uses directions
+    orthogonal to those keys (:mod:`olam_edit.memory.protect`), so their values do not change.
     """
 
     def __init__(self, generator: Generator, layer: str, *, smoothness: float = DEFAULT_SMOOTHNESS,
                  ridge: float = DEFAULT_RIDGE, stats: SecondMoment | None = None, stats_samples: int = 1000,
-                 cache_dir: str | None = None, progress: bool = True) -> None:
+                 cache_dir: str | None = None, progress: bool = True, keep: Sequence[Edit] = (),
+                 protect: Protect = None) -> None:
         self.generator, self.layer = check_generator(generator), layer  # RequestError naming missing members
         self.handle = generator.handle(layer)  # raises LayerNotFoundError / UnsupportedLayerError
         self.smoothness, self.ridge = check_smoothness(smoothness), ridge  # RequestError unless finite, >= 0
@@ -69,6 +84,8 @@ class Rewriter:
         self._stats = stats
         self._quantiles: dict[tuple, float] = {}
         self.last_report: SolveReport | None = None
+        self.keep, self.protect = list(keep), protect
+        self._free: tuple[Tensor | None, int] | None = None
 
     @property
     def stats(self) -> SecondMoment:
@@ -90,11 +107,14 @@ class Rewriter:
             raise RequestError(explain("the request was made on another model", got=request.model,
                                        expected=self.generator.name, fix="Load that model (--model)."))
 
-    def rule_tensors(self, request: EditRequest) -> RuleTensors:
-        """Keys, target values, fit mask and context keys for ``request`` (:mod:`olam_edit.rules.spatial.tensors`)."""
+    def rule_tensors(self, request: EditRequest, paste: tuple[Tensor, Tensor] | None = None) -> RuleTensors:
+        """Keys, target values, fit mask and context keys for ``request`` (:mod:`olam_edit.rules.spatial.tensors`).
+
+        ``paste``: the paste sample's key and value maps when already captured (a joint solve captures
+        every rule's paste sample in one forward)."""
         self._check(request)
         gen = self.generator
-        x_p, v_p = gen.keys_and_values(self.layer, gen.latents([request.paste.seed]))
+        x_p, v_p = paste or gen.keys_and_values(self.layer, gen.latents([request.paste.seed]))
         _, v_c = gen.keys_and_values(self.layer, gen.latents([request.copy.seed]))
         grid = (v_p.shape[-2], v_p.shape[-1])  # the value grid (h, w)
         copy_m = resize_mask(request.copy.mask, grid).to(v_p.device)
@@ -127,25 +147,50 @@ class Rewriter:
         return torch.cat([k for k, _ in parts]), torch.cat([w for _, w in parts])  # [n, in], [n]
 
     def directions(self, request: EditRequest, rule: RuleTensors | None = None) -> Tensor:
-        """D ``[rank, in]`` from the request's context keys."""
+        """D ``[rank, in]`` from the request's context keys (orthogonal to the kept and protected keys)."""
         check_rank(request.rank, self.handle.key_dim)
         rule = rule or self.rule_tensors(request)
-        return context_directions(rule.context_keys, rule.context_weights, self.C, request.rank, self.ridge)
+        N, _ = self.free_directions()
+        return context_directions(rule.context_keys, rule.context_weights, self.C, request.rank, self.ridge, within=N)
+
+    def free_directions(self) -> tuple[Tensor | None, int]:
+        """N ``[in, q]`` (orthonormal basis of the directions orthogonal to every kept and protected key,
+        None when nothing is kept) and the number of those keys; computed once."""
+        if self._free is None:
+            K = torch.cat([kept_keys(self, self.keep), protected_keys(self, self.protect)])  # [m, in]
+            self._free = (free_basis(K, self.handle.key_dim), int(K.shape[0]))
+        return self._free
+
+    def rules_tensors(self, requests: Sequence[EditRequest]) -> tuple[Tensor, list[RuleTensors]]:
+        """The paste samples' key maps ``[N, in, h, w]`` (one forward) and each rule's tensors."""
+        if len(requests) == 1:
+            rule = self.rule_tensors(requests[0])
+            return rule.x_paste, [rule]
+        gen = self.generator
+        x, v = gen.keys_and_values(self.layer, gen.latents([r.paste.seed for r in requests]))
+        rules = [self.rule_tensors(r, (x[i : i + 1], v[i : i + 1])) for i, r in enumerate(requests)]
+        return x, rules
 
     # -- rewrite and erase -----------------------------------------------------------------------
     @torch.no_grad()
-    def rewrite(self, request: EditRequest, *, smoothness: float | None = None) -> Edit:
-        """Solve the request in closed form and return the Edit (nothing is applied)."""
+    def rewrite(self, requests: EditRequest | Sequence[EditRequest], *, smoothness: float | None = None) -> Edit:
+        """Solve one request, or several of this layer jointly (:mod:`olam_edit.rules.spatial.joint`),
+        in closed form and return the Edit (nothing is applied)."""
         smooth = check_smoothness(self.smoothness if smoothness is None else smoothness)
-        self._check(request)
-        check_rank(request.rank, self.handle.key_dim)
-        rule = self.rule_tensors(request)
-        problem = Problem(self.handle, rule.x_paste, rule.v_star, rule.fit_mask)
-        check_solve_size(problem, request.rank, 1 if self.handle.linear_in_weight else REFINE_ITERS)
-        D = self.directions(request, rule)  # collects the statistics on first use
-        delta, report = rewrite_layer(problem, D, self.C, smooth, REFINE_ITERS)
+        reqs = as_requests(requests, self.layer)
+        for r in reqs:
+            self._check(r)
+            check_rank(r.rank, self.handle.key_dim)
+        x, rules = self.rules_tensors(reqs)
+        problem = joint_problem(self.handle, x, rules)
+        check_solve_size(problem, sum(r.rank for r in reqs), 1 if self.handle.linear_in_weight else REFINE_ITERS)
+        D = joint_directions([self.directions(r, rule) for r, rule in zip(reqs, rules, strict=True)])
+        delta, report = rewrite_layer(problem, D, self.C, joint_smoothness(smooth, len(reqs)), REFINE_ITERS)
         self.last_report = report
-        return self._edit(request, delta, "rewrite", {"smoothness": smooth}, report)
+        settings: dict[str, Any] = {"smoothness": smooth}
+        if len(reqs) > 1:
+            settings.update(rules=len(reqs), ranks=[r.rank for r in reqs])
+        return self._edit(reqs, delta, "rewrite", settings, report)
 
     @torch.no_grad()
     def erase(self, request: EditRequest) -> Edit:
@@ -153,25 +198,31 @@ class Rewriter:
         check_rank(request.rank, self.handle.key_dim)
         D = self.directions(request)
         delta = erase_delta(self.handle, D)
-        return self._edit(request, delta, "erase", {}, None)
+        return self._edit([request], delta, "erase", {}, None)
 
-    def _edit(self, request: EditRequest, delta: Delta, method: str, settings: dict[str, Any],
+    def _edit(self, reqs: list[EditRequest], delta: Delta, method: str, settings: dict[str, Any],
               report: SolveReport | None) -> Edit:
         w0 = self.handle.effective_weight().detach()
         metrics = {"relative_norm": delta.relative_norm(w0)}
         if report is not None:
             metrics.update(residual_before=report.residual_before, residual_after=report.residual_after,
                            objective=report.objective, iterations=report.iterations)
-        solver = {"method": method, "ridge": self.ridge, "rank": request.rank, "value_space": "layer_output",
-                  "solve": "closed_form", **settings}
+        solver = {"method": method, "ridge": self.ridge, "rank": delta.rank, "value_space": "layer_output",
+                  "solve": "closed_form", **settings, **self._kept_settings()}
         return Edit.create(self.generator.model, {self.layer: delta}, base_model=self.generator.name,
                            revision=self.generator.revision, solver=solver,
                            component=self.generator.component,
                            stats_fingerprint=self.stats.manifest.get("fingerprint"),
-                           recipe=make_recipe("spatial", {**request.to_json(), "method": method}),
-                           rule=request.description or request.name, metrics=metrics,
+                           recipe=make_recipe("spatial", joint_recipe_fields(reqs, method)),
+                           rule="; ".join(r.description or r.name for r in reqs), metrics=metrics,
                            license=self.generator.license,
                            created_with=f"olam-edit {__version__}")
+
+    def _kept_settings(self) -> dict[str, Any]:
+        if not self.keep and self.protect is None:
+            return {}
+        _, m = self.free_directions()
+        return {"kept_edits": [e.fingerprint for e in self.keep], "protected_keys": m}
 
     # -- where the rule fires --------------------------------------------------------------------
     def context_heatmap(self, seeds: list[int], *, request: EditRequest | None = None,
