@@ -5,7 +5,8 @@ SDXL layouts) reads the text encoder's token embeddings. A rule such as "a rose"
 makes each source token k_j (a *key*) produce the value the layer gives the aligned destination
 token: v*_j = W0 t_j. The closed form on those keys and values (prior, solve, factored deltas,
 report) is framework-agnostic and lives in :mod:`olam_edit.rules.text.solve`; this module does what
-needs a pipeline: it finds the layers, encodes and aligns the prompts, and builds the corpus prior.
+needs a pipeline: it finds the layers, encodes and aligns the prompts, builds the corpus prior, and
+rebuilds the keys of earlier text edits that a new one must keep (``preserve_edits=``).
 
 Nothing here imports diffusers: a pipeline is anything with ``.unet``, ``.tokenizer`` and
 ``.encode_prompt`` (StableDiffusionPipeline, StableDiffusionXLPipeline, ...).
@@ -22,10 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from olam_edit.edit.apply import check_base
 from olam_edit.edit.core import Edit
 from olam_edit.errors import (
+    BaseMismatchError,
     EmptySelectionError,
     RequestError,
+    ShapeMismatchError,
     TokenAlignmentError,
     UnsupportedLayerError,
     UnsupportedModelError,
@@ -34,6 +38,7 @@ from olam_edit.errors import (
 from olam_edit.files.fingerprint import json_fingerprint, tensor_fingerprint
 from olam_edit.memory.handles import get_handle
 from olam_edit.memory.stats import SecondMoment
+from olam_edit.rules.registry import kind_of
 from olam_edit.rules.text.solve import (
     DEFAULT_PRIOR_WEIGHT,
     TEXT_PRIOR_RIDGE,
@@ -198,6 +203,52 @@ def prompt_moment(pipe: Any, corpus: str | Path | Sequence[str] | None = None, b
     return sm
 
 
+# -- earlier edits -> protected keys ---------------------------------------------------------------------
+def edit_keys(pipe: Any, edit: Edit) -> Tensor:
+    """The source keys ``[n, d]`` an earlier text edit was fitted on, rebuilt from its recipe (prompts and
+    padding) with this pipeline's encoder. The edit must be a text edit for this pipeline's UNet."""
+    if not isinstance(edit, Edit):
+        raise RequestError(explain("preserve_edits takes olam-edit Edits", got=type(edit).__name__,
+                                   expected="Edit objects returned by text_edit() or Edit.load()"))
+    recipe = edit.manifest.get("recipe") if isinstance(edit.manifest.get("recipe"), dict) else {}
+    if kind_of(recipe) != "text":
+        raise RequestError(explain("an edit in preserve_edits is not a text edit", got=kind_of(recipe),
+                                   expected="an edit made by text_edit()",
+                                   fix="Protect spatial edits with the Rewriter's keep=, or drop it from the list."))
+    unet = unet_of(pipe)
+    comp, base, here = edit.manifest.get("component"), edit.manifest.get("base_model"), _name_of(pipe)
+    base_id = base.get("id") if isinstance(base, dict) else base
+    foreign = sorted(set(edit.deltas) - set(cross_attention_layers(unet)))
+    if comp != "unet" or foreign or (base_id and here and base_id != here):
+        raise BaseMismatchError(explain("an edit in preserve_edits was made for another model",
+                                        got=f"component {comp!r}, base {base_id!r}, layers not here {foreign[:3]}",
+                                        expected=f"a text edit of this pipeline's UNet (base {here!r})",
+                                        fix="Pass only edits made on this base model."))
+    check_base(unet, edit)  # BaseMismatchError unless made for these base weights
+    if not isinstance(recipe.get("source"), list) or not isinstance(recipe.get("destination"), list):
+        raise RequestError(explain("this text edit records no prompts to rebuild its keys from",
+                                   got=sorted(recipe)[:8], expected="a recipe with 'source' and 'destination'",
+                                   fix="Pass the keys it was solved on as protect= instead."))
+    return rule_keys(pipe, recipe["source"], recipe["destination"], bool(recipe.get("padding", True))).keys
+
+
+def protected_keys(pipe: Any, edits: Edit | Sequence[Edit], protect: Tensor | None = None
+                   ) -> tuple[Tensor | None, list[str]]:
+    """The keys a new update must leave unchanged: ``protect`` ``[p, d]`` and the keys of every earlier
+    edit (:func:`edit_keys`), stacked; and the fingerprints of those edits (for the manifest)."""
+    edits = [edits] if isinstance(edits, Edit) else list(edits)
+    if edits and not callable(getattr(pipe, "encode_prompt", None)):
+        raise UnsupportedModelError(explain("preserve_edits needs the pipeline, to re-encode the earlier edits' "
+                                            "prompts", got=type(pipe).__name__,
+                                            fix="Pass the pipeline, or the earlier edits' keys as protect=."))
+    parts = ([as_keys(protect)] if protect is not None else []) + [edit_keys(pipe, e) for e in edits]
+    dims = sorted({int(p.shape[1]) for p in parts})
+    if len(dims) > 1:
+        raise ShapeMismatchError(explain("protected keys of different dimensions", got=dims,
+                                         fix="Encode every protected key with this model's text encoder(s)."))
+    return (torch.cat(parts) if parts else None), [e.fingerprint for e in edits]
+
+
 # -- public entry points ---------------------------------------------------------------------------------
 def text_edit_from_embeddings(unet: Any, keys: Tensor, targets: Tensor, *, prior: Any = "identity",
                               prior_weight: float | None = None, hard: bool = False,
@@ -205,21 +256,26 @@ def text_edit_from_embeddings(unet: Any, keys: Tensor, targets: Tensor, *, prior
                               ridge: float = TEXT_PRIOR_RIDGE, base_model: str | None = None,
                               revision: str | None = None, recipe: dict[str, Any] | None = None,
                               rule: str | None = None, stats_fingerprint: str | None = None,
-                              lam: float | None = None) -> Edit:
+                              lam: float | None = None, protect: Tensor | None = None,
+                              preserve_edits: Edit | Sequence[Edit] = ()) -> Edit:
     """The text rule for given ``keys`` and aligned ``targets`` (``[n, d]`` or ``[B, T, d]``) on a UNet.
 
     ``unet`` may also be a pipeline (its ``.unet`` is used). ``prior``: ``"identity"``, a SecondMoment
     or a ``[d, d]`` tensor; ``prior_weight`` (default :data:`DEFAULT_PRIOR_WEIGHT`) weighs it in the
     soft rule (``lam=`` is its deprecated old name). ``recipe`` holds the rule's own recipe fields
-    (stamped by the ``"text"`` rule kind). Returns an :class:`~olam_edit.Edit` for component ``"unet"``.
+    (stamped by the ``"text"`` rule kind). ``protect`` keys ``[p, d]`` and the keys of the
+    ``preserve_edits`` (earlier text edits; ``unet`` must then be the pipeline) keep their current values
+    exactly (dW k = 0; :mod:`olam_edit.rules.text.maps`). Returns an :class:`~olam_edit.Edit` for ``"unet"``.
     """
     weight = _prior_weight(prior_weight, lam)
+    Ko, protected = protected_keys(unet, preserve_edits, protect)  # [p, d]
     unet = unet_of(unet)
     names = check_layers(unet, cross_attention_layers(unet) if layers is None else layers)
     if not names:
         raise UnsupportedModelError(explain("the UNet has no cross-attention layers", got=type(unet).__name__))
     fit = solve_text_rule(unet, names, keys, targets, prior=prior, prior_weight=weight, hard=hard,
-                          preserve=preserve, ridge=ridge)
+                          preserve=preserve, ridge=ridge, protect=Ko)
+    fit.settings["protected_edits"] = protected
     return text_rule_edit(unet, fit, fields=recipe, component="unet", base_model=base_model or _name_of(unet),
                           revision=revision, rule=rule, stats_fingerprint=stats_fingerprint)
 
@@ -228,7 +284,8 @@ def text_edit(pipe: Any, source: str | Sequence[str], destination: str | Sequenc
               prior_weight: float | None = None, hard: bool = False, layers: Sequence[str] | None = None,
               preserve: Sequence[str] = (), padding: bool | None = None,
               corpus: str | Path | Sequence[str] | None = None, ridge: float = TEXT_PRIOR_RIDGE,
-              base_model: str | None = None, revision: str | None = None, lam: float | None = None) -> Edit:
+              base_model: str | None = None, revision: str | None = None, lam: float | None = None,
+              preserve_edits: Edit | Sequence[Edit] = ()) -> Edit:
     """Solve "render ``source`` as ``destination``" on every cross-attention ``to_k`` / ``to_v``.
 
     ``source`` and ``destination`` are prompts (or equal-length lists of prompts, one rule each).
@@ -237,7 +294,8 @@ def text_edit(pipe: Any, source: str | Sequence[str], destination: str | Sequenc
     prior in the soft rule; ``lam=`` is its deprecated old name. ``preserve`` prompts keep their values.
     ``padding`` also edits the padding positions after the source's last token, aligned to the
     destination's as TIME does (default: on for the soft rule; off for the hard one, whose exact fit
-    of the nearly collinear padding keys would need a huge update).
+    of the nearly collinear padding keys would need a huge update). ``preserve_edits``: earlier text
+    edits whose source keys (rebuilt from their recipes) keep their current values exactly.
     """
     weight = _prior_weight(prior_weight, lam)
     padding = not hard if padding is None else padding
@@ -256,7 +314,8 @@ def text_edit(pipe: Any, source: str | Sequence[str], destination: str | Sequenc
     rule = "; ".join(f"render {s!r} as {d!r}" for s, d in zip(sources, dests, strict=True))
     return text_edit_from_embeddings(pipe, rk.keys, rk.targets, prior=prior, prior_weight=weight, hard=hard,
                                      layers=layers, preserve=P, ridge=ridge, base_model=base_model or _name_of(pipe),
-                                     revision=revision, recipe=fields, rule=rule, stats_fingerprint=stats_fp)
+                                     revision=revision, recipe=fields, rule=rule, stats_fingerprint=stats_fp,
+                                     preserve_edits=preserve_edits)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -280,6 +339,6 @@ def _name_of(obj: Any) -> str | None:
 
 
 __all__ = ["CORPUS_PATH", "DEFAULT_PRIOR_WEIGHT", "TEXT_PRIOR_RIDGE", "RuleKeys", "align_tokens", "as_keys",
-           "check_layers", "corpus_prompts", "cross_attention_layers", "encode", "prior_matrix", "prompt_moment",
-           "rule_keys", "shared_directions", "solve_map", "text_edit", "text_edit_from_embeddings", "token_ids",
-           "unet_of"]
+           "check_layers", "corpus_prompts", "cross_attention_layers", "edit_keys", "encode", "prior_matrix",
+           "prompt_moment", "protected_keys", "rule_keys", "shared_directions", "solve_map", "text_edit",
+           "text_edit_from_embeddings", "token_ids", "unet_of"]

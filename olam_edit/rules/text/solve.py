@@ -10,7 +10,11 @@ over keys (the second moment of token embeddings over a prompt corpus, or I), wi
 Both are dW = R X^T with X [d, n] independent of the layer, so every layer shares one orthonormal
 basis D of span(X) and stores dW = (dW D^T) D = Lambda D: a factored delta of rank <= the number of
 keys. Keys k with K^T C^{-1} k = 0 (orthogonal to the rule in the prior's metric) are left unchanged.
-Everything runs in float64; the factors are stored in float32.
+Everything runs in float64; the factors are stored in float32. Time and memory grow linearly with the
+number of keys, never with their square or with one ``[d, d]`` matrix per rule (:mod:`.maps`,
+:mod:`.fit`), so one solve of 1,000 rules is the supported way to write many. ``protect`` keys (those
+of earlier edits) keep their current values exactly: the update is solved in the orthogonal
+complement of their span, the constrained optimum (:mod:`.maps`).
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from olam_edit.errors import EmptySelectionError, RequestError, ShapeMismatchErr
 from olam_edit.memory.delta import Delta
 from olam_edit.memory.directions import regularised
 from olam_edit.memory.handles import get_handle
-from olam_edit.memory.layout import LINEAR
-from olam_edit.memory.linalg import cholesky, solve_spd
 from olam_edit.memory.stats import SecondMoment
 from olam_edit.rules.registry import make_recipe
+from olam_edit.rules.text.fit import LayerFit, RuleProbes
+from olam_edit.rules.text.maps import gram_root, protected_map
 
 DEFAULT_PRIOR_WEIGHT = 0.1  # TIME's default weight w of the prior term
 # Ridge of a data prior, relative to its mean eigenvalue; larger than the spatial rule's DEFAULT_RIDGE
@@ -41,7 +45,6 @@ DEFAULT_PRIOR_WEIGHT = 0.1  # TIME's default weight w of the prior term
 TEXT_PRIOR_RIDGE = 1e-3
 RANK_RTOL = 1e-10  # directions of X below this relative size carry no update
 _ROLES = {"to_k": "keys: where each token is looked for", "to_v": "values: what each token writes"}
-_SINGULAR_FIX = "Pass a larger ridge (e.g. 1e-2), use prior='identity', or a larger prompt corpus."
 
 
 def as_keys(t: Tensor) -> Tensor:
@@ -82,57 +85,33 @@ def prior_matrix(prior: Any, dim: int, ridge: float = TEXT_PRIOR_RIDGE) -> Tenso
     return regularised(C, ridge) if ridge > 0 else C  # C + ridge I
 
 
-def solve_map(keys: Tensor, C: Tensor, prior_weight: float, hard: bool, preserve: Tensor | None = None) -> Tensor:
+def solve_map(keys: Tensor, C: Tensor, prior_weight: float, hard: bool, preserve: Tensor | None = None,
+              protect: Tensor | None = None) -> Tensor:
     """X ``[d, n]`` with dW = R X^T for residuals R ``[out, n]`` of the ``n`` keys ``[n, d]`` (float64).
 
-    ``preserve`` keys ``[m, d]`` keep their values (zero residual) in both variants.
+    ``preserve`` keys ``[m, d]`` keep their values (zero residual) in both variants; ``protect`` keys
+    ``[p, d]`` keep them exactly (dW k = 0, the constrained optimum of :mod:`.maps`).
     """
     K = keys.to(torch.float64).T  # [d, n]
     P = (preserve.to(torch.float64).T if preserve is not None and preserve.numel() else K[:, :0])  # [d, m]
-    if not hard:
-        if prior_weight <= 0:
-            raise RequestError(explain("the soft rule needs prior_weight > 0", got=prior_weight,
-                                       fix="Pass hard=True for an exact fit."))
-        A = prior_weight * C + K @ K.T + P @ P.T  # [d, d]
-        return solve_spd(A, K, "prior_weight C + K K^T", fix=_SINGULAR_FIX)  # (w C + K K^T)^{-1} K
-    L_chol = cholesky(C, "the prior C", fix=_SINGULAR_FIX)  # [d, d]
-    Kw = torch.linalg.solve_triangular(L_chol, torch.cat([K, P], 1), upper=False)  # [d, n+m] whitened keys
-    G = Kw.T @ Kw  # [n+m, n+m] K^T C^{-1} K
-    eye = torch.eye(G.shape[0], K.shape[1], dtype=G.dtype)  # [n+m, n]
-    Z = torch.linalg.lstsq(G, eye, driver="gelsd").solution  # [n+m, n] G^+ restricted to the edited keys
-    return torch.linalg.solve_triangular(L_chol.T, Kw @ Z, upper=True)  # [d, n] C^{-1} K_all G^+ [:, :n]
+    if not hard and prior_weight <= 0:
+        raise RequestError(explain("the soft rule needs prior_weight > 0", got=prior_weight,
+                                   fix="Pass hard=True for an exact fit."))
+    return protected_map(K, P, C.to(torch.float64), prior_weight, hard, protect)[0]
 
 
 def shared_directions(X: Tensor) -> Tensor:
     """Orthonormal rows spanning the column space of X ``[d, n]`` (numerical rank): D ``[r, d]``."""
-    U, S, _ = torch.linalg.svd(X, full_matrices=False)  # U [d, n], S [n]
+    U, S, _ = torch.linalg.svd(gram_root(X), full_matrices=False)  # U [d, s], S [s], s = min(d, n)
     r = int((S > S.max() * RANK_RTOL).sum()) if S.numel() and float(S.max()) > 0 else 0
     if r == 0:
         raise EmptySelectionError(explain("the rule's keys are all zero", fix="Check the prompts and embeddings."))
     return U[:, :r].T.contiguous()  # [r, d]
 
 
-@dataclass
-class LayerFit:
-    """One layer's factored delta and how well it fits: ||dW||/||W||, and the residual ||R - dW K^T||
-    before and after, relative to ||W0 T^T||."""
-
-    delta: Delta
-    relative_norm: float
-    residual_before: float
-    residual_after: float
-
-
 def fit_layer(weight: Tensor, keys: Tensor, targets: Tensor, X: Tensor, D: Tensor) -> LayerFit:
     """The delta of one projection ``weight`` ``[out, d]``: R = W0 (targets - keys)^T, dW = R X^T, Lambda = dW D^T."""
-    W = weight.detach().to(torch.float64).cpu()  # [out, d]
-    R = W @ (targets - keys).T  # [out, n]
-    lam = (R @ X.T) @ D.T  # [out, r] dW D^T
-    dense = lam @ D  # [out, d]
-    scale = float((W @ targets.T).norm().clamp_min(1e-300))
-    after = float((R - dense @ keys.T).norm()) / scale
-    delta = Delta(lam.to(torch.float32), D.to(torch.float32), LINEAR)
-    return LayerFit(delta, float(dense.norm() / W.norm().clamp_min(1e-300)), float(R.norm()) / scale, after)
+    return RuleProbes(keys, targets, X, D).fit(weight)
 
 
 def check_key_dim(model: nn.Module, layers: Sequence[str], dim: int) -> None:
@@ -154,6 +133,8 @@ class TextRuleFit:
     keys: int
     preserve_keys: int
     settings: dict[str, Any]
+    protected_keys: int = 0
+    protected_rank: int = 0
 
     @property
     def deltas(self) -> dict[str, Delta]:
@@ -161,9 +142,11 @@ class TextRuleFit:
 
     def metrics(self) -> dict[str, Any]:
         """The manifest's metrics: the largest ||dW||/||W|| and residuals over the layers, the number of
-        keys, and ||dW||/||W|| of each layer (``relative_norms``)."""
-        worst = {k: max(getattr(f, k) for f in self.fits.values())
-                 for k in ("relative_norm", "residual_before", "residual_after")}
+        keys, and ||dW||/||W|| of each layer (``relative_norms``); with protected keys K_o also the
+        largest ||dW K_o|| / ||W K_o|| (``protected_change``, float64, before the float32 factors)."""
+        names = ("relative_norm", "residual_before", "residual_after", *(("protected_change",) if
+                                                                           self.protected_keys else ()))
+        worst = {k: max(getattr(f, k) for f in self.fits.values()) for k in names}
         return {**worst, "keys": self.keys, "relative_norms": {n: f.relative_norm for n, f in self.fits.items()}}
 
     def solver(self) -> dict[str, Any]:
@@ -171,7 +154,9 @@ class TextRuleFit:
         hard = self.settings["hard"]
         return {"method": "text_rule_hard" if hard else "text_rule", "prior_weight": self.settings["prior_weight"],
                 "ridge": self.settings["ridge"], "prior": self.settings["prior"], "rank": self.rank,
-                "value_space": "layer_output", "solve": "closed_form", "preserve_keys": self.preserve_keys}
+                "value_space": "layer_output", "solve": "closed_form", "preserve_keys": self.preserve_keys,
+                "protected_keys": self.protected_keys, "protected_rank": self.protected_rank,
+                "protected_edits": list(self.settings.get("protected_edits", []))}
 
     def layer_notes(self) -> dict[str, str]:
         """One note per layer for the model card: its role and its relative residual before -> after."""
@@ -181,9 +166,12 @@ class TextRuleFit:
 
 def solve_text_rule(model: nn.Module, layers: Sequence[str], keys: Tensor, targets: Tensor, *,
                     prior: Any = "identity", prior_weight: float = DEFAULT_PRIOR_WEIGHT, hard: bool = False,
-                    preserve: Tensor | None = None, ridge: float = TEXT_PRIOR_RIDGE) -> TextRuleFit:
+                    preserve: Tensor | None = None, ridge: float = TEXT_PRIOR_RIDGE, protect: Tensor | None = None,
+                    factor_dtype: torch.dtype = torch.float32) -> TextRuleFit:
     """Solve the rule on the linear ``layers`` of ``model`` for ``keys`` and aligned ``targets``
-    (``[n, d]`` or ``[B, T, d]``); ``preserve`` keys keep their values. Nothing is applied."""
+    (``[n, d]`` or ``[B, T, d]``); ``preserve`` keys keep their values (in the fit), ``protect`` keys
+    exactly (dW k = 0 to float64 round-off: see :mod:`olam_edit.rules.text.maps`). The factors are
+    stored in ``factor_dtype``. Time and memory grow linearly with the number of keys. Nothing is applied."""
     K, T = as_keys(keys), as_keys(targets)  # [n, d]
     if K.shape != T.shape:
         raise ShapeMismatchError(explain("keys and targets must pair up", got=f"{tuple(K.shape)} and {tuple(T.shape)}"))
@@ -192,11 +180,19 @@ def solve_text_rule(model: nn.Module, layers: Sequence[str], keys: Tensor, targe
     check_key_dim(model, layers, K.shape[1])
     C = prior_matrix(prior, K.shape[1], ridge)  # [d, d]
     P = as_keys(preserve) if preserve is not None else None  # [m, d]
-    X = solve_map(K, C, prior_weight, hard, P)  # [d, n]
-    D = shared_directions(X)  # [r, d]
-    fits = {n: fit_layer(get_handle(model, n).parameter, K, T, X, D) for n in layers}
+    Ko = as_keys(protect) if protect is not None else None  # [p, d]
+    if Ko is not None and Ko.shape[1] != K.shape[1]:
+        raise ShapeMismatchError(explain("protected keys must have the rule keys' dimension",
+                                         got=tuple(Ko.shape), expected=f"[p, {K.shape[1]}]"))
+    if not hard and prior_weight <= 0:
+        solve_map(K, C, prior_weight, hard)  # raises the one clear error
+    Kd, Pd = K.T, (P.T if P is not None and P.numel() else K.T[:, :0])  # [d, n], [d, m]
+    X, q = protected_map(Kd, Pd, C, prior_weight, hard, Ko)  # [d, n]
+    probes = RuleProbes(K, T, X, shared_directions(X), Ko)
+    fits = {n: probes.fit(get_handle(model, n).parameter, factor_dtype) for n in layers}
     settings = {"hard": hard, "prior_weight": prior_weight, "ridge": ridge, "prior": prior_label(prior)}
-    return TextRuleFit(fits, int(D.shape[0]), int(K.shape[0]), 0 if P is None else len(P), settings)
+    return TextRuleFit(fits, int(probes.D.shape[0]), int(K.shape[0]), 0 if P is None else len(P), settings,
+                       0 if Ko is None else len(Ko), q)
 
 
 def text_rule_edit(model: nn.Module, fit: TextRuleFit, *, fields: Mapping[str, Any] | None = None,
@@ -215,6 +211,6 @@ def text_rule_edit(model: nn.Module, fit: TextRuleFit, *, fields: Mapping[str, A
                        stats_fingerprint=stats_fingerprint, created_with=f"olam-edit {__version__}")
 
 
-__all__ = ["DEFAULT_PRIOR_WEIGHT", "RANK_RTOL", "TEXT_PRIOR_RIDGE", "LayerFit", "TextRuleFit", "as_keys",
-           "check_key_dim", "fit_layer", "prior_label", "prior_matrix", "shared_directions", "solve_map",
+__all__ = ["DEFAULT_PRIOR_WEIGHT", "RANK_RTOL", "TEXT_PRIOR_RIDGE", "LayerFit", "RuleProbes", "TextRuleFit",
+           "as_keys", "check_key_dim", "fit_layer", "prior_label", "prior_matrix", "shared_directions", "solve_map",
            "solve_text_rule", "text_rule_edit"]
