@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_exe import EXE
 
 import olam_edit as oe
 from olam_edit.rules.spatial.request import EditRequest, Selection
-
-_beside = Path(sys.executable).parent / "olam-edit"
-EXE = str(_beside) if _beside.exists() else shutil.which("olam-edit")
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -66,12 +61,14 @@ def test_bench_says_what_it_measures_as_it_goes_and_writes_its_record(tmp_path) 
     assert out.returncode == 0, out.stderr
     starts = [line for line in out.stderr.splitlines() if line.startswith("bench [") and line.endswith("...")]
     ends = [line for line in out.stderr.splitlines() if line.startswith("bench [") and " done in " in line]
-    assert len(starts) == len(ends) == 5 and starts[0].startswith("bench [1/5]")
-    targeted = {"stats_overhead", "accumulate_ratio", "solve_time_ratio", "solve_objective_ratio", "size_ratio"}
+    assert len(starts) == len(ends) == 6 and starts[0].startswith("bench [1/6]")
+    targeted = {"stats_overhead", "accumulate_ratio", "solve_time_ratio", "solve_objective_ratio", "size_ratio",
+                "many_rules_time_ratio"}
     last = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(last) == targeted | {"stats_2proc_speedup"}
+    assert set(last) == targeted | {"stats_2proc_speedup", "many_rules_peak_mb"}
     assert all(v > 0 for v in last.values())
-    assert "stats_2proc_speedup" in out.stdout.split("{")[0]  # in the table too, without a target
+    table = out.stdout.split("{")[0]
+    assert "stats_2proc_speedup" in table and "many_rules_peak_mb" in table  # in the table too, without a target
     record = json.loads((tmp_path / "bench.json").read_text())
     assert set(record["targets"]) == targeted and set(record["ratios"]) == set(last)
     assert record["ratios"] == last
@@ -79,6 +76,8 @@ def test_bench_says_what_it_measures_as_it_goes_and_writes_its_record(tmp_path) 
     assert record["details"]["total_s"] > 0
     assert record["details"]["stats_1proc_s"] / record["details"]["stats_2proc_s"] == pytest.approx(
         last["stats_2proc_speedup"])
+    assert record["details"]["many_rules_joint_s"] / record["details"]["many_rules_one_by_one_s"] == pytest.approx(
+        last["many_rules_time_ratio"])
     both = run("bench", "--quick", "--full")
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
@@ -94,7 +93,8 @@ def test_bench_default_times_part_of_the_reference_and_scales_it() -> None:
     whole = bench.time_reference(problem, D, steps=12, timed_steps=None)
     assert whole["reference_timed_steps"] == 12 and whole["reference_s"] == whole["reference_timed_s"]
     rows = {what.split(":")[0]: fn for what, fn in bench.measurements()}
-    assert list(rows) == ["statistics overhead", "accumulation", "solve", "size", "distributed statistics"]
+    assert list(rows) == ["statistics overhead", "accumulation", "solve", "size", "distributed statistics",
+                          "many text rules"]
     assert bench.TIMED_REFERENCE_STEPS == 200 and bench.REFERENCE_STEPS == 2001
     table = bench.format_table({**dict.fromkeys(bench.TARGETS, 0.5), **part, "reference_timed_steps": 200})
     assert "200 of the reference's 2001 Adam steps timed, scaled to 2001" in table

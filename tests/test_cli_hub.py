@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_exe import EXE
 from hub_server import FakeHub
 from test_hub import png_bytes, same, state, tiny_gen
 
@@ -25,8 +24,6 @@ from olam_edit.edit.publish import pull_edit
 from olam_edit.hub.stats import stats_path_in_repo
 
 REPO = "test-user/face-edit"
-_beside = Path(sys.executable).parent / "olam-edit"
-EXE = str(_beside) if _beside.exists() else shutil.which("olam-edit")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,11 @@ import math
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_exe import EXE
 
 from olam_edit.errors import RequestError
 from olam_edit.eval.evaluate import DEFAULT_HELDOUT, DEFAULT_STEPS, GENERALITY_THRESHOLD
@@ -46,8 +45,6 @@ from olam_edit.eval.figures import (
 from olam_edit.rules.spatial.examples import load_example
 
 ROOT = Path(__file__).resolve().parents[1]
-_beside = Path(sys.executable).parent / "olam-edit"
-EXE = str(_beside) if _beside.exists() else shutil.which("olam-edit")
 REDUCED_SEEDS = "10000-10039"  # the first 40 of the figures' 200 held-out seeds
 N_REDUCED, N_FULL = 40, 200
 REL_TOL = {"rewrite": 1e-3, "baseline": 1e-2}  # seed by seed (see the module docstring)

@@ -89,8 +89,14 @@ def _rewriter(gen: Any, layer: str, settings: dict[str, Any]) -> Any:
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="an example name, a request JSON or an edit folder")
+    p.add_argument("spec", nargs="?", help="an example name, a request JSON or an edit folder (or --interference)")
     _add_common(p)
+    p.add_argument("--interference", nargs=2, metavar=("A", "B"), default=None,
+                   help="instead of one edit, measure how two curated examples of one layer interfere: each alone, "
+                        "jointly, and one after the other without and with keep= (both orders), in each example's "
+                        "own box (about 30 s)")
+    p.add_argument("--picture", default=None, metavar="PNG",
+                   help="with --interference: also write its picture (base and every case on 6 seeds) to PNG")
     p.add_argument("--quantile", type=float, default=0.999, help="heatmap threshold quantile (paper: 0.999)")
     p.add_argument("--steps", type=int, default=2001,
                    help="Adam steps of each baseline (default 2001, the reference's). finetune_all costs about "
@@ -108,6 +114,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from olam_edit.eval.evaluate import evaluate
     from olam_edit.eval.pictures import render_strips, save_picture
 
+    if args.interference or args.picture:
+        return _cmd_interference(args)
+    if args.spec is None:
+        raise RequestError(explain("evaluate needs what to measure", fix="Pass an example name, a request JSON or "
+                                   "an edit folder, or --interference A B."))
     obj, settings = _load_spec(args.spec)
     gen = load_generator(args.model)
     layer = obj.layer if hasattr(obj, "layer") else obj.layers[0]
@@ -139,6 +150,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 cmd_evaluate.configure = _add_evaluate
+
+
+def _cmd_interference(args: argparse.Namespace) -> int:
+    """``evaluate --interference A B``: the table, ``out/interference.json`` and ``.png``, and the figure."""
+    import sys
+
+    from olam_edit.adapters import load_generator
+    from olam_edit.eval.interference import interference, interference_table, save_interference_picture
+    from olam_edit.files.atomic import atomic_write_bytes
+
+    if not args.interference or args.spec is not None or args.region not in (None, "example"):
+        raise RequestError(explain("--interference takes two example names and measures in their own boxes",
+                                   got=f"spec {args.spec!r}, --interference {args.interference}, "
+                                       f"--region {args.region}",
+                                   fix="e.g. olam-edit evaluate --interference add_sunglasses close_mouth "
+                                       "(no spec, no --region; --picture needs --interference)."))
+    gen = load_generator(args.model)
+    result = interference(gen, *args.interference, seeds=args.seeds,
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    if not distributed.is_main_process():
+        return 0
+    figure = result.to_json()
+    out = Path(args.out)
+    atomic_write_bytes(out / "interference.json", (json.dumps(figure, indent=1) + "\n").encode())
+    pictures = [out / "interference.png", *([Path(args.picture)] if args.picture else [])]
+    for path in pictures:
+        save_interference_picture(result, path)
+    if args.json_out:
+        from olam_edit.eval.figures import invoked_command
+
+        figure["_meta"]["command"] = invoked_command("evaluate")
+        atomic_write_bytes(Path(args.json_out), (json.dumps(figure, indent=1) + "\n").encode())
+    print(interference_table(figure))
+    print(f"wrote {out / 'interference.json'}, {', '.join(str(p) for p in pictures)}")
+    if args.json:
+        print(json.dumps(figure["acceptance"]))
+    return 0
 
 
 def _split(text: str, cast: type) -> list[Any]:

@@ -5,6 +5,10 @@ Each ``*.json`` file here was written by one olam-edit command (recorded under `
 * ``evaluate_add_sunglasses.json``: ``olam-edit evaluate add_sunglasses --region example --json-out ...``
 * ``sweep_add_sunglasses.json``: ``olam-edit sweep add_sunglasses ... --json-out ...``
 * ``bench.json``: ``olam-edit bench --json-out ...`` (timings of one machine, not checked by re-running)
+* ``text_sequential.json``: ``python -m olam_edit.eval.text_sequential --json-out ...`` (100 sequential
+  text rules with and without protection; a test re-runs it)
+* ``interference_face.json``: ``olam-edit evaluate --interference add_sunglasses close_mouth --json-out ...``
+  (with ``interference_face.png``, its picture)
 
 The README's tables are :func:`readme_block` of these files, between ``<!-- figure: NAME -->`` and
 the end of the code block after it; ``python -m olam_edit.eval.figures README.md`` rewrites them
@@ -98,8 +102,23 @@ def bench_table(figure: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def interference_table(figure: dict[str, Any]) -> str:
+    """The table of an interference figure (:func:`olam_edit.eval.interference.interference_table`)."""
+    from olam_edit.eval.interference import interference_table as table
+
+    return table(figure)
+
+
+def text_table(figure: dict[str, Any]) -> str:
+    """The table of the sequential text-rule figure (:func:`olam_edit.eval.text_sequential.sequential_table`)."""
+    from olam_edit.eval.text_sequential import sequential_table
+
+    return sequential_table(figure)
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {"evaluate": evaluate_table, "sweep": sweep_table,
-                                                      "bench": bench_table}
+                                                      "bench": bench_table, "interference": interference_table,
+                                                      "text": text_table}
 
 
 def readme_block(name: str) -> str:
