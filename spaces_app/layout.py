@@ -8,7 +8,7 @@ from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
 from olam_edit.spaces_app.binding import UI
 from olam_edit.spaces_app.painter import guard
-from olam_edit.spaces_app.session import Session
+from olam_edit.spaces_app.session import Session, rules_text
 from olam_edit.spaces_app.settings import DISPLAY, MAX_STRENGTH
 from olam_edit.spaces_app.status import message
 from olam_edit.spaces_app.studio import Studio, example_names
@@ -20,8 +20,9 @@ CSS = """
 
 INTRO = """# olam-edit: rewrite a rule of a generative model
 Pick a sample, **paint** with the brush, and add the region as **context** (where the rule applies; add
-several), **copy** (what to copy) or **paste** (where to put it). Press **Rewrite**, then compare the samples
-before and after, change the strength, undo, download the edit, or publish it to the Hub.
+several), **copy** (what to copy) or **paste** (where to put it). Press **Rewrite**, or **Add rule to list** to
+collect several rules and **Rewrite all** to solve them as one edit; then compare the samples before and after,
+change the strength, undo, download the edit, or publish it to the Hub.
 [Bau et al., *Rewriting a Deep Generative Model*, ECCV 2020](https://rewriting.csail.mit.edu/)."""
 
 LOCAL_PUBLISH = ("Publishing uses *your* Hugging Face login, available when this app runs as a Space. "
@@ -100,6 +101,11 @@ def _rule(studio: Studio, first: Session, ui: UI) -> None:
         ui["ridge"] = gr.Number(DEFAULT_RIDGE, label="Ridge", info="regularises C (relative)", minimum=0,
                                 elem_id="ridge")
         ui["rewrite"] = gr.Button("Rewrite", variant="primary", elem_id="rewrite")
+    with gr.Row():
+        ui["add_rule"] = gr.Button("Add rule to list", scale=1, elem_id="add-rule")
+        ui["rewrite_all"] = gr.Button("Rewrite all", variant="primary", scale=1, elem_id="rewrite-all")
+        ui["clear_rules"] = gr.Button("Clear rules", size="sm", scale=1, elem_id="clear-rules")
+        ui["rules"] = gr.Markdown(rules_text(first), elem_id="rules")
 
 
 def _results(studio: Studio, first: Session, ui: UI) -> None:

@@ -1,11 +1,11 @@
-"""What one browser session holds: its model, its selections and its undo stack of edits."""
+"""What one browser session holds: its model, its selections, its list of rules and its undo stack of edits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from olam_edit import Edit
-from olam_edit.rules.spatial.request import Selection
+from olam_edit.rules.spatial.request import EditRequest, Selection
 from olam_edit.spaces_app.settings import HISTORY, PAGE
 
 
@@ -22,6 +22,8 @@ class Session:
     """The state of one browser session.
 
     Every edit on the stack is a complete edit of the base model; the top one is the current edit.
+    ``rules`` is the list of rules "Rewrite all" solves jointly (one edit); solving or undoing an edit
+    leaves the list as it is.
     """
 
     model: str = "default"
@@ -33,6 +35,7 @@ class Session:
     paste: Selection | None = None
     history: list[Entry] = field(default_factory=list)
     strength: float = 1.0
+    rules: list[EditRequest] = field(default_factory=list)
 
     @property
     def current(self) -> Edit | None:
@@ -62,3 +65,12 @@ def history_text(session: Session) -> str:
     lines = [f"{i + 1}. {e.label}" for i, e in enumerate(session.history)]
     lines[-1] += "  ← current"
     return "**Edits** (Undo goes back one)\n\n" + "\n".join(lines)
+
+
+def rules_text(session: Session) -> str:
+    """The list of rules "Rewrite all" solves, as Markdown."""
+    if not session.rules:
+        return "*No rules listed.* Paint a rule and press **Add rule to list**; **Rewrite all** solves the list."
+    lines = [f"{i + 1}. {r.layer}, rank {r.rank}: {len(r.context)} context region(s), copy #{r.copy.seed}, "
+             f"paste #{r.paste.seed}" for i, r in enumerate(session.rules)]
+    return f"**Rules** ({len(session.rules)}; Rewrite all solves them as one edit)\n\n" + "\n".join(lines)

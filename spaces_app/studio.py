@@ -33,7 +33,15 @@ from olam_edit.spaces_app.generators import Models
 from olam_edit.spaces_app.images import ImageFiles, display, heat_weight, tint
 from olam_edit.spaces_app.masks import make_request
 from olam_edit.spaces_app.session import Session
-from olam_edit.spaces_app.settings import COLORS, COMPARE_FIRST_SEED, HEAT_LOW, MAX_STRENGTH, TRAY, Settings
+from olam_edit.spaces_app.settings import (
+    COLORS,
+    COMPARE_FIRST_SEED,
+    HEAT_LOW,
+    MAX_RULES,
+    MAX_STRENGTH,
+    TRAY,
+    Settings,
+)
 from olam_edit.spaces_app.uploads import check_fits, hide_error_paths, picture, read_upload, zip_edit
 
 Gallery = list[tuple[Any, str]]  # (image, caption) pairs
@@ -112,6 +120,36 @@ class Studio:
         with model_lock(rewriter.generator.model):  # the solve reads the shared weights a preview swaps
             edit = rewriter.rewrite(request, smoothness=float(smoothness))
         session.push(edit, describe(edit))
+        return edit
+
+    def add_rule(self, session: Session, layer: str, rank: int) -> EditRequest:
+        """List the session's selections as one more rule for :meth:`rewrite_all` and clear them (the
+        next rule starts afresh). The listed rules share one layer: one edit solves one layer's rules."""
+        request = make_request(session, layer, rank)  # RequestError without a copy or paste region
+        if session.rules and request.layer != session.rules[0].layer:
+            raise RequestError(explain("the listed rules are for another layer, and one edit solves the rules of "
+                                       "one layer", got=request.layer, expected=session.rules[0].layer,
+                                       fix=f"Pick layer {session.rules[0].layer}, or press 'Clear rules' first."))
+        if len(session.rules) >= MAX_RULES:
+            raise RequestError(explain("the rule list is full", got=len(session.rules), expected=f"at most {MAX_RULES}",
+                                       fix="Press 'Rewrite all', or 'Clear rules'."))
+        session.rules = [*session.rules, request]
+        session.clear_selections()
+        return request
+
+    def rewrite_all(self, session: Session, smoothness: float, ridge: float,
+                    progress: Callable[[float, str], None] = lambda f, d: None) -> Edit:
+        """Solve every listed rule jointly (:meth:`Rewriter.rewrite` of the list) and push the one edit on
+        the undo stack; the list stays, so more rules can be added and the list solved again."""
+        if not session.rules:
+            raise RequestError(explain("there are no rules in the list yet",
+                                       fix="Paint a rule (context, copy, paste) and press 'Add rule to list'."))
+        progress(0.1, "collecting key statistics (cached after the first time)")
+        rewriter = self.models.rewriter(session.model, session.rules[0].layer, check_ridge(ridge))
+        progress(0.6, f"solving {len(session.rules)} rules jointly")
+        with model_lock(rewriter.generator.model):  # the solve reads the shared weights a preview swaps
+            edit = rewriter.rewrite(list(session.rules), smoothness=float(smoothness))
+        session.push(edit, f"{count_rules(len(session.rules))} jointly: {describe(edit)}")
         return edit
 
     def heatmap(self, session: Session, layer: str, rank: int, ridge: float = DEFAULT_RIDGE
@@ -244,6 +282,11 @@ def describe(edit: Edit) -> str:
     norm = metrics.get("relative_norm")
     size = f", ‖ΔW‖/‖W‖ = {norm:.3f}" if isinstance(norm, float) else ""
     return f"{solver.get('method', 'edit')} {layers}{size}"
+
+
+def count_rules(n: int) -> str:
+    """``"1 rule"``, ``"2 rules"``, ..."""
+    return f"{n} rule" if n == 1 else f"{n} rules"
 
 
 def check_strength(strength: Any) -> float:

@@ -7,8 +7,10 @@ under the test's temp dir (``OLAM_EDIT_SCREENSHOT=path`` copies it there too).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from test_space import Space, space  # noqa: F401 - the shared server fixture
@@ -18,6 +20,23 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
          "--disable-dev-shm-usage"]
 TIMEOUT_MS = 60_000
+
+
+@contextlib.contextmanager
+def space_page(space: Space) -> Iterator:  # noqa: F811
+    """A headless Chromium page on the Space, its gallery loaded; the browser is closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install -y chromium chromium-driver)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(space.url, wait_until="domcontentloaded")
+            page.wait_for_selector("#gallery .thumbnail-item img", timeout=TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
 
 
 def open_sample(page, index: int) -> None:
@@ -48,32 +67,22 @@ def image_sources(page, gallery_id: str) -> list[str]:
 
 
 def test_paint_rewrite_and_see_before_after_in_chromium(space: Space, tmp_path: Path) -> None:  # noqa: F811
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install -y chromium chromium-driver)"
     shot = tmp_path / "space.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(space.url, wait_until="domcontentloaded")
-            page.wait_for_selector("#gallery .thumbnail-item img", timeout=TIMEOUT_MS)
-            before_rewrite = image_sources(page, "after")
+    with space_page(space) as page:
+        before_rewrite = image_sources(page, "after")
 
-            open_sample(page, 3)
-            stroke(page, 30, -5)
-            press(page, "add-context", "1 context region")
-            press(page, "set-paste", "paste region is set")
-            open_sample(page, 7)
-            stroke(page, 30, -5)
-            press(page, "set-copy", "copy region is set")
-            press(page, "rewrite", "Rewritten")
+        open_sample(page, 3)
+        stroke(page, 30, -5)
+        press(page, "add-context", "1 context region")
+        press(page, "set-paste", "paste region is set")
+        open_sample(page, 7)
+        stroke(page, 30, -5)
+        press(page, "set-copy", "copy region is set")
+        press(page, "rewrite", "Rewritten")
 
-            before, after = image_sources(page, "before"), image_sources(page, "after")
-            status = page.locator("#status").inner_text()
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+        before, after = image_sources(page, "before"), image_sources(page, "after")
+        status = page.locator("#status").inner_text()
+        page.screenshot(path=str(shot), full_page=True)
     assert status.startswith("✓") and "‖ΔW‖/‖W‖" in status, status
     assert len(before) == len(after) == space.studio.settings.compare_count
     assert after != before_rewrite and after != before

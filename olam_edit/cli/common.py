@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -36,3 +37,14 @@ def parse_seeds(text: str) -> list[int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"bad seed list {text!r}; use e.g. 0-15 or 1,4,9") from None
     return seeds
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse to write into an existing non-empty folder (or over a file) unless ``force``
+    (OutputExistsError naming ``--force``)."""
+    from olam_edit.errors import OutputExistsError, explain
+
+    if force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    raise OutputExistsError(explain(f"{out} already exists and is not empty", expected="a new or empty folder",
+                                    fix="Choose another --out, or pass --force to replace what is there."))

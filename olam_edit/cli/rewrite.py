@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
-from olam_edit.cli.common import command, parse_seeds
+from olam_edit.cli.common import check_out, command, parse_seeds
 from olam_edit.memory import distributed
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
@@ -24,16 +25,6 @@ def _before_after(gen, edit, seeds: list[int], path: Path, scale: float = 1.0) -
 
     before, after = gen.images(seeds), gen.images(seeds, edit, scale)
     return save_grid([before, after], path, labels=["before", f"after x{scale:g}" if scale != 1 else "after"])
-
-
-def _check_out(out: Path, force: bool) -> None:
-    """Refuse to write into an existing non-empty folder (or over a file) unless ``force``."""
-    from olam_edit.errors import OutputExistsError, explain
-
-    if force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    raise OutputExistsError(explain(f"{out} already exists and is not empty", expected="a new or empty folder",
-                                    fix="Choose another --out, or pass --force to replace what is there."))
 
 
 def _add_example(p: argparse.ArgumentParser) -> None:
@@ -57,7 +48,7 @@ def cmd_example(args: argparse.Namespace) -> int:
         return 0
     request, settings = load_example(args.name or names[0])
     out = Path(args.out)
-    _check_out(out, args.force)
+    check_out(out, args.force)
     print(f"example {request.name!r}: {request.description} (layer {request.layer}, rank {request.rank})")
     gen, t0 = load_default(), time.perf_counter()
     rw = Rewriter(gen, request.layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS),
@@ -99,27 +90,73 @@ def _samples(text: str) -> int:
 
 
 def _add_rewrite(p: argparse.ArgumentParser) -> None:
-    p.add_argument("request", help="request JSON (like olam_edit/rules/spatial/examples/*.json)")
+    p.add_argument("request", nargs="+", metavar="REQUEST",
+                   help="request JSON (like olam_edit/rules/spatial/examples/*.json); several files of one layer "
+                        "are solved jointly into one edit")
     p.add_argument("--model", default="default", help="generator: 'default', a path or a Hub id")
     p.add_argument("--out", required=True, help="folder to write the edit into")
     p.add_argument("--smoothness", type=_smoothness, default=DEFAULT_SMOOTHNESS,
                    help="the paper's 1/lambda: a finite number >= 0 (default 1)")
     p.add_argument("--samples", type=_samples, default=1000, help="samples for the key statistics (1..1000000)")
     p.add_argument("--grid", default=None, help="also write a before/after PNG over held-out seeds")
+    p.add_argument("--keep", nargs="+", action="extend", default=[], metavar="EDIT",
+                   help="edits of the same layer (folders or Hub ids) applied first and kept: the new edit leaves "
+                        "the keys they were fitted on unchanged (give it after the request files)")
 
 
-@command("rewrite", "solve a request (context / copy / paste) and save the edit")
+def load_requests(paths: list[str]) -> list[Any]:
+    """The EditRequests of ``paths``, all of one layer. With several files, an error names its file,
+    and files of other layers are one RequestError naming them (one edit solves one layer's rules)."""
+    from olam_edit.errors import OlamEditError, RequestError, explain
+    from olam_edit.rules.spatial.request import EditRequest
+
+    if len(paths) == 1:
+        return [EditRequest.load(paths[0])]
+    requests = []
+    for path in paths:
+        try:
+            requests.append(EditRequest.load(path))
+        except OlamEditError as e:
+            raise type(e)(f"{path}: {e.what}", got=e.got, expected=e.expected, fix=e.fix) from e
+    layer = requests[0].layer
+    other = [f"{path} ({r.layer})" for path, r in zip(paths, requests, strict=True) if r.layer != layer]
+    if other:
+        raise RequestError(explain("the request files are for different layers, and one edit solves the rules of "
+                                   "one layer", got=f"{', '.join(other)} besides {paths[0]} ({layer})",
+                                   expected=f"every file for {layer!r}",
+                                   fix="Run `olam-edit rewrite` once per layer, then `olam-edit merge` the edits."))
+    return requests
+
+
+def _kept(gen: Any, sources: list[str]) -> list[Any]:
+    """The ``--keep`` edits, loaded (folders or Hub ids, verified) and applied to ``gen.model`` in order."""
+    from olam_edit.edit.apply import apply_edit
+    from olam_edit.edit.core import Edit
+
+    edits = [Edit.from_pretrained(source) for source in sources]
+    for edit in edits:
+        apply_edit(gen.model, edit)  # BaseMismatchError unless made for this model's base
+    return edits
+
+
+@command("rewrite", "solve one request, or several of one layer jointly, and save the edit")
 def cmd_rewrite(args: argparse.Namespace) -> int:
     from olam_edit.adapters import load_generator
-    from olam_edit.rules.spatial.request import EditRequest
     from olam_edit.rules.spatial.rewriter import Rewriter
 
-    request = EditRequest.load(args.request)
-    gen, t0 = load_generator(args.model), time.perf_counter()
-    edit = Rewriter(gen, request.layer, smoothness=args.smoothness, stats_samples=args.samples).rewrite(request)
+    requests = load_requests(args.request)
+    gen = load_generator(args.model)
+    kept, t0 = _kept(gen, args.keep), time.perf_counter()
+    rw = Rewriter(gen, requests[0].layer, smoothness=args.smoothness, stats_samples=args.samples, keep=kept)
+    edit = rw.rewrite(requests if len(requests) > 1 else requests[0])
     if not distributed.is_main_process():
         return 0  # under torchrun the other ranks only helped collect the statistics
     _report(edit, time.perf_counter() - t0)
+    if len(requests) > 1:
+        layer = requests[0].layer
+        print(f"solved {len(requests)} rules of {layer} jointly: rank {edit.deltas[layer].rank}")
+    if kept:
+        print(f"kept {len(kept)} edit(s) applied first; `olam-edit merge` them with this one for a single edit")
     print(f"wrote {edit.save(args.out)}")
     if args.grid:
         print(f"wrote {_before_after(gen, edit, parse_seeds(HELDOUT_SEEDS), Path(args.grid))}")

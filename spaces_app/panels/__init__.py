@@ -1,8 +1,8 @@
 """The wiring of the Space, one module per panel: each connects its panel's events to named handlers.
 
 Panels: ``samples`` (gallery, more, heatmap, open), ``selections`` (context / copy / paste, clear,
-example rules), ``rule`` (rewrite, strength, undo), ``files`` (download, upload, publish) and
-``model`` (load another generator).
+example rules), ``rule`` (rewrite, the rule list and rewrite all, strength, undo), ``files`` (download,
+upload, publish) and ``model`` (load another generator).
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ from typing import Any
 import gradio as gr
 
 from olam_edit.spaces_app.binding import MODEL_EVENTS, UI, bind
-from olam_edit.spaces_app.session import Session, history_text
+from olam_edit.spaces_app.session import Session, history_text, rules_text
 from olam_edit.spaces_app.status import message
 from olam_edit.spaces_app.studio import Studio
 
 # everything a new model resets (the API returns them in this order)
 LOADED = ("session", "gallery", "layer", "before", "after", "tray", "copy", "paste", "history", "painter", "model",
-          "strength", "heat", "status")
+          "strength", "heat", "rules", "status")
 
 
 class ModelHandlers:
@@ -32,7 +32,7 @@ class ModelHandlers:
         layers = gr.update(choices=gen.layers(), value=self.studio.default_layer(session))
         return {"session": session, "gallery": self.studio.gallery(session), "layer": layers, "before": before,
                 "after": after, "tray": [], "copy": None, "paste": None, "history": history_text(session),
-                "painter": None, "model": session.model, "strength": 1.0, "heat": False,
+                "painter": None, "model": session.model, "strength": 1.0, "heat": False, "rules": rules_text(session),
                 "status": message(f"Loaded {gen.name}.")}
 
 
