@@ -11,9 +11,9 @@ from torch import nn
 from olam_edit._version import __version__
 from olam_edit.edit import apply, files, lora, merge, publish
 from olam_edit.edit.files import SCHEMA_VERSION, content_fingerprint
-from olam_edit.files.fingerprint import tensor_fingerprint
+from olam_edit.files.fingerprint import cached_fingerprint
 from olam_edit.memory.delta import Delta
-from olam_edit.memory.handles import get_handle
+from olam_edit.memory.handles import get_handle, handle_for
 
 
 @dataclass
@@ -29,15 +29,16 @@ class Edit:
     def create(cls, model: nn.Module, deltas: dict[str, Delta], *, base_model: str | None = None,
                revision: str | None = None, component: str | None = None, **info: Any) -> Edit:
         """Build an edit for ``model``, fingerprinting the base weight of every edited layer (the weight
-        before any edit applied to ``model``, so an edit solved on top of others applies to the same base).
+        before any edit applied to ``model``, so an edit solved on top of others applies to the same base;
+        an unchanged weight is hashed once per session, see :func:`olam_edit.files.fingerprint.cached_fingerprint`).
 
         Extra keyword arguments (``solver``, ``recipe``, ``stats_fingerprint``, ``rule``, ``metrics``,
         ...) are stored in the manifest as they are (they must be JSON-serialisable).
         """
-        layers = {}
+        layers, modules = {}, dict(model.named_modules())  # one walk of the model, not one per layer
         for name, delta in deltas.items():
-            h = get_handle(model, name)
-            layers[name] = {**h.describe(), "fingerprint": tensor_fingerprint(apply.base_tensor(model, h)),
+            h = handle_for(name, modules[name]) if name and name in modules else get_handle(model, name)
+            layers[name] = {**h.describe(), "fingerprint": cached_fingerprint(apply.base_tensor(model, h)),
                             "rank": delta.rank, "scale": delta.scale}
         manifest = {"schema_version": SCHEMA_VERSION, "olam_edit_version": __version__,
                     "base_model": {"id": base_model, "revision": revision}, "component": component,

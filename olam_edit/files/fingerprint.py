@@ -1,13 +1,27 @@
-"""Fingerprints: sha256 of tensor bytes, of canonical JSON and of a whole model."""
+"""Fingerprints: sha256 of tensor bytes, of canonical JSON and of a whole model.
+
+:func:`cached_fingerprint` remembers a tensor's fingerprint while the tensor object lives and its
+storage address, layout, autograd version counter and a sample of its values are unchanged, so
+solving several edits on one unchanged model hashes each base weight once. Every in-place op on
+the tensor (``copy_``, ``add_``, an optimizer step, ``load_state_dict``) bumps the version counter
+and replacing a parameter makes a new object, so both re-hash. Writes that bypass the counter
+(through ``.data`` or a NumPy view) are caught only by the value sample (:data:`PROBE_VALUES`
+evenly spaced elements): such a write that leaves every sampled element as it was goes unseen, so
+checks that must be exact (:func:`olam_edit.edit.apply.check_base`) use :func:`tensor_fingerprint`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor
+
+PROBE_VALUES = 64  # elements of a tensor compared on each cache hit
+_CACHE: dict[int, tuple[weakref.ref[Tensor], tuple[Any, ...], str]] = {}
 
 
 def tensor_fingerprint(t: Tensor) -> str:
@@ -16,8 +30,35 @@ def tensor_fingerprint(t: Tensor) -> str:
     data = t.detach().cpu().contiguous()
     if data.dtype == torch.bfloat16:
         data = data.view(torch.int16)
-    h.update(data.numpy().tobytes())
+    h.update(data.numpy().data)  # the (C-contiguous) bytes, without a copy
     return h.hexdigest()
+
+
+def _state(t: Tensor) -> tuple[Any, ...]:
+    """What a cache hit must find unchanged: storage, layout, version counter and sampled values."""
+    flat = t.detach().reshape(-1)  # [numel]
+    idx = torch.linspace(0, max(flat.numel() - 1, 0), min(PROBE_VALUES, flat.numel())).long().to(flat.device)
+    sample = flat[idx].cpu()
+    if sample.dtype == torch.bfloat16:
+        sample = sample.view(torch.int16)
+    return (t.data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, str(t.device),
+            t._version, sample.numpy().tobytes())
+
+
+def cached_fingerprint(t: Tensor) -> str:
+    """:func:`tensor_fingerprint` of ``t``, hashed again only when ``t`` may have changed (see the module
+    docstring for what is watched)."""
+    key, state = id(t), _state(t)
+    entry = _CACHE.get(key)
+    if entry is not None and entry[0]() is t and entry[1] == state:
+        return entry[2]
+    digest = tensor_fingerprint(t)
+
+    def forget(ref: weakref.ref[Tensor], key: int = key) -> None:
+        if key in _CACHE and _CACHE[key][0] is ref:
+            del _CACHE[key]
+    _CACHE[key] = (weakref.ref(t, forget), state, digest)
+    return digest
 
 
 def json_fingerprint(obj: Any) -> str:

@@ -31,7 +31,7 @@ from olam_edit.edit.core import Edit
 from olam_edit.errors import EmptySelectionError, RequestError, ShapeMismatchError, explain
 from olam_edit.memory.delta import Delta
 from olam_edit.memory.directions import regularised
-from olam_edit.memory.handles import get_handle
+from olam_edit.memory.handles import LayerHandle, get_handle, handle_for
 from olam_edit.memory.stats import SecondMoment
 from olam_edit.rules.registry import make_recipe
 from olam_edit.rules.text.fit import LayerFit, RuleProbes
@@ -114,10 +114,18 @@ def fit_layer(weight: Tensor, keys: Tensor, targets: Tensor, X: Tensor, D: Tenso
     return RuleProbes(keys, targets, X, D).fit(weight)
 
 
-def check_key_dim(model: nn.Module, layers: Sequence[str], dim: int) -> None:
+def layer_handles(model: nn.Module, layers: Sequence[str]) -> dict[str, LayerHandle]:
+    """The handles of ``layers`` from one walk of ``model`` (a wrong name: get_handle's clear error)."""
+    modules = dict(model.named_modules())
+    return {n: handle_for(n, modules[n]) if n and n in modules else get_handle(model, n) for n in layers}
+
+
+def check_key_dim(model: nn.Module, layers: Sequence[str], dim: int,
+                  handles: Mapping[str, LayerHandle] | None = None) -> None:
     """Every layer must read ``dim``-dimensional keys (embeddings of the right text encoder)."""
+    handles = layer_handles(model, layers) if handles is None else handles
     for name in layers:
-        got = get_handle(model, name).key_dim
+        got = handles[name].key_dim
         if got != dim:
             raise ShapeMismatchError(explain(f"{name} reads {got}-dimensional embeddings",
                                              got=f"keys of dimension {dim}", expected=got,
@@ -177,7 +185,8 @@ def solve_text_rule(model: nn.Module, layers: Sequence[str], keys: Tensor, targe
         raise ShapeMismatchError(explain("keys and targets must pair up", got=f"{tuple(K.shape)} and {tuple(T.shape)}"))
     if not layers:
         raise EmptySelectionError(explain("the text rule has no layers to edit", got=type(model).__name__))
-    check_key_dim(model, layers, K.shape[1])
+    handles = layer_handles(model, layers)
+    check_key_dim(model, layers, K.shape[1], handles)
     C = prior_matrix(prior, K.shape[1], ridge)  # [d, d]
     P = as_keys(preserve) if preserve is not None else None  # [m, d]
     Ko = as_keys(protect) if protect is not None else None  # [p, d]
@@ -189,7 +198,7 @@ def solve_text_rule(model: nn.Module, layers: Sequence[str], keys: Tensor, targe
     Kd, Pd = K.T, (P.T if P is not None and P.numel() else K.T[:, :0])  # [d, n], [d, m]
     X, q = protected_map(Kd, Pd, C, prior_weight, hard, Ko)  # [d, n]
     probes = RuleProbes(K, T, X, shared_directions(X), Ko)
-    fits = {n: probes.fit(get_handle(model, n).parameter, factor_dtype) for n in layers}
+    fits = {n: probes.fit(handles[n].parameter, factor_dtype) for n in layers}
     settings = {"hard": hard, "prior_weight": prior_weight, "ridge": ridge, "prior": prior_label(prior)}
     return TextRuleFit(fits, int(probes.D.shape[0]), int(K.shape[0]), 0 if P is None else len(P), settings,
                        0 if Ko is None else len(Ko), q)
@@ -212,5 +221,5 @@ def text_rule_edit(model: nn.Module, fit: TextRuleFit, *, fields: Mapping[str, A
 
 
 __all__ = ["DEFAULT_PRIOR_WEIGHT", "RANK_RTOL", "TEXT_PRIOR_RIDGE", "LayerFit", "RuleProbes", "TextRuleFit",
-           "as_keys", "check_key_dim", "fit_layer", "prior_label", "prior_matrix", "shared_directions", "solve_map",
-           "solve_text_rule", "text_rule_edit"]
+           "as_keys", "check_key_dim", "fit_layer", "layer_handles", "prior_label", "prior_matrix", "shared_directions",
+           "solve_map", "solve_text_rule", "text_rule_edit"]
