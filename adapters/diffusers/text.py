@@ -1,15 +1,18 @@
-"""Text rules on diffusers UNet cross-attention: "render SOURCE as DESTINATION" (TIME / UCE / MEMIT).
+"""Text rules on diffusers pipelines: "render SOURCE as DESTINATION" (TIME / UCE / MEMIT).
 
-Every ``attn2.to_k`` / ``attn2.to_v`` of a ``UNet2DConditionModel`` (Stable Diffusion 1.x / 2.x and
-SDXL layouts) reads the text encoder's token embeddings. A rule such as "a rose" -> "a blue rose"
-makes each source token k_j (a *key*) produce the value the layer gives the aligned destination
-token: v*_j = W0 t_j. The closed form on those keys and values (prior, solve, factored deltas,
-report) is framework-agnostic and lives in :mod:`olam_edit.rules.text.solve`; this module does what
-needs a pipeline: it finds the layers, encodes and aligns the prompts, builds the corpus prior, and
-rebuilds the keys of earlier text edits that a new one must keep (``preserve_edits=``).
+The rule edits the linear layers whose input is a pure function of the prompt: every cross-attention
+``attn2.to_k`` / ``attn2.to_v`` of a UNet (Stable Diffusion 1.x / 2.x / XL) or of a cross-attention DiT
+(PixArt, Sana), and the ``context_embedder`` of a joint-attention DiT (SD3, Flux); which, and what
+they read, is the pipeline's family (:mod:`.families`). A rule such as "a rose" -> "a blue rose"
+makes each source token's layer input k_j (a *key*) produce the value the layer gives the aligned
+destination token: v*_j = W0 t_j. The closed form on those keys and values (prior, solve, factored
+deltas, report) is framework-agnostic and lives in :mod:`olam_edit.rules.text.solve`; this module does
+what needs a pipeline: it encodes and aligns the prompts, builds the corpus prior, and rebuilds the
+keys of earlier text edits that a new one must keep (``preserve_edits=``).
 
-Nothing here imports diffusers: a pipeline is anything with ``.unet``, ``.tokenizer`` and
-``.encode_prompt`` (StableDiffusionPipeline, StableDiffusionXLPipeline, ...).
+Nothing here imports diffusers: a pipeline is anything with ``.unet`` or ``.transformer``, a
+``.tokenizer`` and ``.encode_prompt`` (StableDiffusion(XL)Pipeline, PixArtSigmaPipeline, SanaPipeline,
+StableDiffusion3Pipeline, FluxPipeline, ...).
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from olam_edit.adapters.diffusers.families import (
+    call_default,
+    cross_attention_layers,
+    encode_prompts,
+    family_of,
+    segments,
+)
 from olam_edit.edit.apply import check_base
 from olam_edit.edit.core import Edit
 from olam_edit.errors import (
@@ -54,68 +64,44 @@ CORPUS_PATH = Path(__file__).parent / "data" / "prompts.txt"
 
 
 # -- layers ----------------------------------------------------------------------------------------
-def cross_attention_layers(unet: nn.Module) -> list[str]:
-    """Names of the ``to_k`` and ``to_v`` projections of every cross-attention module, in order."""
-    names = []
-    for name, m in unet.named_modules():
-        if getattr(m, "is_cross_attention", False) and isinstance(getattr(m, "to_k", None), nn.Linear):
-            names += [f"{name}.to_k", f"{name}.to_v"]
-    return names
-
-
-def check_layers(unet: nn.Module, layers: Sequence[str]) -> list[str]:
-    """Validate that every name is a key/value projection of a cross-attention module."""
-    allowed, modules = set(cross_attention_layers(unet)), dict(unet.named_modules())
+def check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
+    """Validate that every name is a prompt-only layer of ``model``'s family (:mod:`.families`)."""
+    family, _ = family_of(model)
+    allowed, modules = set(family.layers(model)), dict(model.named_modules())
     for name in layers:
         if name not in modules:
-            get_handle(unet, name)  # raises LayerNotFoundError with the closest names
+            get_handle(model, name)  # raises LayerNotFoundError with the closest names
         if name not in allowed:
+            what = "a cross-attention key/value projection" if family.layers is cross_attention_layers else \
+                "a layer that reads only the prompt"
             raise UnsupportedLayerError(
-                explain(f"layer {name!r} is not a cross-attention key/value projection",
-                        got=type(modules[name]).__name__,
-                        expected="an '...attn2.to_k' or '...attn2.to_v' nn.Linear that reads text embeddings",
-                        fix="Leave layers=None for all of them, or pick from cross_attention_layers(unet)."))
+                explain(f"layer {name!r} is not {what}", got=type(modules[name]).__name__,
+                        expected=f"one of the {family.name} family's prompt-only layers: {family.looked_for}",
+                        fix=f"Leave layers=None for all of them, or pick from {sorted(allowed)[:4]}."))
     return list(layers)
 
 
 def unet_of(model: Any) -> nn.Module:
-    """``pipe.unet``, or ``model`` itself when it is a UNet with cross-attention."""
-    unet = getattr(model, "unet", None)
-    if isinstance(unet, nn.Module):
-        return unet
-    if isinstance(model, nn.Module) and cross_attention_layers(model):
-        return model
-    comps = sorted(getattr(model, "components", {}) or {})
-    raise UnsupportedModelError(
-        explain(f"text rules need a UNet with cross-attention, and this {type(model).__name__} has none",
-                got=f"components {comps}" if comps else type(model).__name__,
-                expected="a pipeline with .unet (Stable Diffusion 1.x / 2.x / SDXL) or a UNet2DConditionModel",
-                fix="Transformer-based pipelines (SD3, Flux) are not supported by text rules yet."))
+    """The component a text rule edits: ``pipe.unet`` or ``pipe.transformer`` (a supported family), or
+    ``model`` itself when it is such a UNet / transformer. Raises UnsupportedModelError otherwise."""
+    return family_of(model)[1]
+
+
+component_of = unet_of
 
 
 # -- prompts -> keys ---------------------------------------------------------------------------------
 def encode(pipe: Any, prompts: Sequence[str]) -> Tensor:
-    """The embeddings the UNet reads for ``prompts`` (``[B, T, d]``, float64), via ``pipe.encode_prompt``."""
-    if not callable(getattr(pipe, "encode_prompt", None)) or getattr(pipe, "tokenizer", None) is None:
-        raise UnsupportedModelError(
-            explain("cannot encode prompts with this object", got=type(pipe).__name__,
-                    expected="a diffusers pipeline with a tokenizer and encode_prompt()",
-                    fix="Pass the pipeline, or use text_edit_from_embeddings(unet, keys, targets)."))
-    device = getattr(pipe, "_execution_device", None) or next(unet_of(pipe).parameters()).device
-    with torch.no_grad():
-        out = pipe.encode_prompt(prompt=list(prompts), device=device, num_images_per_prompt=1,
-                                 do_classifier_free_guidance=False)
-    return out[0].detach().to(torch.float64)
+    """What the prompt-only layers read for ``prompts`` (``[B, T, d]``, float64), via ``pipe.encode_prompt``
+    (then, for PixArt / Sana, the transformer's caption projection)."""
+    return encode_prompts(pipe, prompts)[0]
 
 
 def token_ids(pipe: Any, prompt: str) -> list[int]:
-    """The prompt's token ids as the pipeline's tokenizer writes them (with BOS/EOS, no padding)."""
-    return list(pipe.tokenizer(prompt, truncation=False).input_ids)
-
-
-def _token_names(pipe: Any, ids: Sequence[int]) -> list[str]:
-    conv = getattr(getattr(pipe, "tokenizer", None), "convert_ids_to_tokens", None)
-    return list(conv(list(ids))) if conv else [str(i) for i in ids]
+    """The prompt's token ids at the first positions the layers read (with BOS/EOS, no padding); for SD3
+    only its CLIP run (all runs: :func:`~.families.segments`)."""
+    length = call_default(pipe, "max_sequence_length") or getattr(pipe.tokenizer, "model_max_length", 0)
+    return segments(pipe, prompt, int(length))[0].ids
 
 
 def align_tokens(source: Sequence[int], destination: Sequence[int], length: int,
@@ -156,21 +142,40 @@ class RuleKeys:
 
 
 def rule_keys(pipe: Any, sources: Sequence[str], destinations: Sequence[str], padding: bool = True) -> RuleKeys:
-    """Source token embeddings and their aligned destination embeddings for every rule."""
+    """Source token embeddings and their aligned destination embeddings for every rule.
+
+    Alignment runs per token run (:func:`~.families.segments`: SD3's CLIP and T5 positions separately).
+    ``padding`` also takes the positions after the source's tokens, unless the family masks them out."""
     if len(sources) != len(destinations) or not sources:
         raise RequestError(explain("every source prompt needs one destination prompt",
                                    got=f"{len(sources)} sources, {len(destinations)} destinations"))
-    emb = encode(pipe, [*sources, *destinations])  # [2n, T, d]
+    emb, mask = encode_prompts(pipe, [*sources, *destinations])  # [2n, T, d], [2n, T] or None
     n, T = len(sources), emb.shape[1]
+    padding = padding and mask is None
     keys, targets, aligns = [], [], []
     for i, (src, dst) in enumerate(zip(sources, destinations, strict=True)):
-        s_ids, d_ids = token_ids(pipe, src), token_ids(pipe, dst)
-        idx = align_tokens(s_ids, d_ids, T, (_token_names(pipe, s_ids), _token_names(pipe, d_ids)))
-        used = T if padding else len(s_ids)
-        keys.append(emb[i, :used])
-        targets.append(emb[n + i, idx[:used]])
+        idx, used, offset = [], [], 0
+        for s_run, d_run in zip(segments(pipe, src, T), segments(pipe, dst, T), strict=True):
+            run = align_tokens(s_run.ids, d_run.ids, s_run.length, (s_run.names(), d_run.names()))
+            idx += [offset + j for j in run]
+            used += [offset + p for p in range(s_run.length if padding else len(s_run.ids))]
+            offset += s_run.length
+        keys.append(emb[i, used])  # [u, d]
+        targets.append(emb[n + i, [idx[p] for p in used]])  # [u, d]
         aligns.append(idx)
     return RuleKeys(torch.cat(keys), torch.cat(targets), aligns)
+
+
+def prompt_tokens(pipe: Any, prompts: Sequence[str]) -> Tensor:
+    """The keys ``[m, d]`` of the prompts' own tokens (every run's, no padding): what ``preserve`` keeps."""
+    emb = encode(pipe, list(prompts))  # [B, T, d]
+    rows = []
+    for b, prompt in enumerate(prompts):
+        offset = 0
+        for run in segments(pipe, prompt, emb.shape[1]):
+            rows.append(emb[b, offset : offset + len(run.ids)])
+            offset += run.length
+    return torch.cat(rows)
 
 
 # -- the prior -----------------------------------------------------------------------------------------
@@ -190,13 +195,14 @@ def corpus_prompts(corpus: str | Path | Sequence[str] | None = None) -> list[str
 
 
 def prompt_moment(pipe: Any, corpus: str | Path | Sequence[str] | None = None, batch_size: int = 16) -> SecondMoment:
-    """C = E[k k^T] over every token position the UNet reads for the corpus prompts (float64)."""
+    """C = E[k k^T] over every token position the prompt-only layers read for the corpus prompts (float64;
+    positions an attention mask hides are left out)."""
     prompts = corpus_prompts(corpus)
     sm: SecondMoment | None = None
     for i in range(0, len(prompts), batch_size):
-        emb = encode(pipe, prompts[i : i + batch_size])  # [b, T, d]
+        emb, mask = encode_prompts(pipe, prompts[i : i + batch_size])  # [b, T, d], [b, T] or None
         sm = sm or SecondMoment(emb.shape[-1])
-        sm.add(emb.reshape(-1, emb.shape[-1]))
+        sm.add(emb[mask] if mask is not None else emb.reshape(-1, emb.shape[-1]))  # [m, d] positions read
     content = {"prompts": prompts, "moment": tensor_fingerprint(sm.sum), "count": sm.count}  # what C is made of
     sm.manifest = {"fingerprint": json_fingerprint(content), "kind": "text_prompt_corpus", "prompts": len(prompts),
                    "base_model": _name_of(pipe)}
@@ -215,14 +221,15 @@ def edit_keys(pipe: Any, edit: Edit) -> Tensor:
         raise RequestError(explain("an edit in preserve_edits is not a text edit", got=kind_of(recipe),
                                    expected="an edit made by text_edit()",
                                    fix="Protect spatial edits with the Rewriter's keep=, or drop it from the list."))
-    unet = unet_of(pipe)
+    family, unet = family_of(pipe)
     comp, base, here = edit.manifest.get("component"), edit.manifest.get("base_model"), _name_of(pipe)
     base_id = base.get("id") if isinstance(base, dict) else base
-    foreign = sorted(set(edit.deltas) - set(cross_attention_layers(unet)))
-    if comp != "unet" or foreign or (base_id and here and base_id != here):
+    foreign = sorted(set(edit.deltas) - set(family.layers(unet)))
+    if comp != family.component or foreign or (base_id and here and base_id != here):
         raise BaseMismatchError(explain("an edit in preserve_edits was made for another model",
                                         got=f"component {comp!r}, base {base_id!r}, layers not here {foreign[:3]}",
-                                        expected=f"a text edit of this pipeline's UNet (base {here!r})",
+                                        expected=f"a text edit of this pipeline's {family.component} "
+                                                 f"(base {here!r})",
                                         fix="Pass only edits made on this base model."))
     check_base(unet, edit)  # BaseMismatchError unless made for these base weights
     if not isinstance(recipe.get("source"), list) or not isinstance(recipe.get("destination"), list):
@@ -258,25 +265,29 @@ def text_edit_from_embeddings(unet: Any, keys: Tensor, targets: Tensor, *, prior
                               rule: str | None = None, stats_fingerprint: str | None = None,
                               lam: float | None = None, protect: Tensor | None = None,
                               preserve_edits: Edit | Sequence[Edit] = ()) -> Edit:
-    """The text rule for given ``keys`` and aligned ``targets`` (``[n, d]`` or ``[B, T, d]``) on a UNet.
+    """The text rule for given ``keys`` and aligned ``targets`` (``[n, d]`` or ``[B, T, d]``: the inputs
+    of the family's prompt-only layers) on a UNet or DiT.
 
-    ``unet`` may also be a pipeline (its ``.unet`` is used). ``prior``: ``"identity"``, a SecondMoment
-    or a ``[d, d]`` tensor; ``prior_weight`` (default :data:`DEFAULT_PRIOR_WEIGHT`) weighs it in the
+    ``unet`` may also be a pipeline (its ``.unet`` / ``.transformer`` is used). ``prior``: ``"identity"``,
+    a SecondMoment or a ``[d, d]`` tensor; ``prior_weight`` (default :data:`DEFAULT_PRIOR_WEIGHT`) weighs it in the
     soft rule (``lam=`` is its deprecated old name). ``recipe`` holds the rule's own recipe fields
     (stamped by the ``"text"`` rule kind). ``protect`` keys ``[p, d]`` and the keys of the
     ``preserve_edits`` (earlier text edits; ``unet`` must then be the pipeline) keep their current values
-    exactly (dW k = 0; :mod:`olam_edit.rules.text.maps`). Returns an :class:`~olam_edit.Edit` for ``"unet"``.
+    exactly (dW k = 0; :mod:`olam_edit.rules.text.maps`). Returns an :class:`~olam_edit.Edit` for the
+    family's component (``"unet"`` or ``"transformer"``).
     """
     weight = _prior_weight(prior_weight, lam)
     Ko, protected = protected_keys(unet, preserve_edits, protect)  # [p, d]
-    unet = unet_of(unet)
-    names = check_layers(unet, cross_attention_layers(unet) if layers is None else layers)
+    family, unet = family_of(unet)
+    names = check_layers(unet, family.layers(unet) if layers is None else layers)
     if not names:
-        raise UnsupportedModelError(explain("the UNet has no cross-attention layers", got=type(unet).__name__))
+        raise UnsupportedModelError(explain(f"no layer to edit in this {type(unet).__name__}",
+                                            expected=family.looked_for))
     fit = solve_text_rule(unet, names, keys, targets, prior=prior, prior_weight=weight, hard=hard,
                           preserve=preserve, ridge=ridge, protect=Ko)
     fit.settings["protected_edits"] = protected
-    return text_rule_edit(unet, fit, fields=recipe, component="unet", base_model=base_model or _name_of(unet),
+    return text_rule_edit(unet, fit, fields=recipe, component=family.component,
+                          base_model=base_model or _name_of(unet),
                           revision=revision, rule=rule, stats_fingerprint=stats_fingerprint)
 
 
@@ -286,7 +297,7 @@ def text_edit(pipe: Any, source: str | Sequence[str], destination: str | Sequenc
               corpus: str | Path | Sequence[str] | None = None, ridge: float = TEXT_PRIOR_RIDGE,
               base_model: str | None = None, revision: str | None = None, lam: float | None = None,
               preserve_edits: Edit | Sequence[Edit] = ()) -> Edit:
-    """Solve "render ``source`` as ``destination``" on every cross-attention ``to_k`` / ``to_v``.
+    """Solve "render ``source`` as ``destination``" on every prompt-only layer of the pipeline's family.
 
     ``source`` and ``destination`` are prompts (or equal-length lists of prompts, one rule each).
     ``prior="corpus"`` uses C = E[k k^T] over ``corpus`` (default: the shipped prompt list);
@@ -301,13 +312,13 @@ def text_edit(pipe: Any, source: str | Sequence[str], destination: str | Sequenc
     padding = not hard if padding is None else padding
     sources = [source] if isinstance(source, str) else list(source)
     dests = [destination] if isinstance(destination, str) else list(destination)
-    unet_of(pipe)  # a clear error for pipelines without a UNet, before any encoding
+    unet_of(pipe)  # a clear error for pipelines of no known family, before any encoding
     rk = rule_keys(pipe, sources, dests, padding)
     stats_fp, label = None, prior if isinstance(prior, str) else None
     if isinstance(prior, str) and prior == "corpus":
         prior = prompt_moment(pipe, corpus)
         stats_fp = prior.manifest["fingerprint"]
-    P = torch.cat([encode(pipe, [p])[0, : len(token_ids(pipe, p))] for p in preserve]) if preserve else None
+    P = prompt_tokens(pipe, preserve) if preserve else None  # [m, d]
     fields = {"source": sources, "destination": dests, "preserve": list(preserve), "padding": padding,
               "alignments": rk.alignments, **({"prior": label} if label else {}),
               "corpus": None if corpus is None else (str(corpus) if isinstance(corpus, str | Path) else len(corpus))}
@@ -339,6 +350,7 @@ def _name_of(obj: Any) -> str | None:
 
 
 __all__ = ["CORPUS_PATH", "DEFAULT_PRIOR_WEIGHT", "TEXT_PRIOR_RIDGE", "RuleKeys", "align_tokens", "as_keys",
-           "check_layers", "corpus_prompts", "cross_attention_layers", "edit_keys", "encode", "prior_matrix",
-           "prompt_moment", "protected_keys", "rule_keys", "shared_directions", "solve_map", "text_edit",
+           "check_layers", "component_of", "corpus_prompts", "cross_attention_layers", "edit_keys", "encode",
+           "family_of", "prior_matrix", "prompt_moment", "prompt_tokens", "protected_keys", "rule_keys",
+           "shared_directions", "solve_map", "text_edit",
            "text_edit_from_embeddings", "token_ids", "unet_of"]
