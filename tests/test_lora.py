@@ -117,7 +117,7 @@ def test_export_refuses_what_lora_cannot_hold(tmp_path) -> None:
     unet = tiny_unet()
     edit = _unet_edit(unet)
     with pytest.raises(LoraExportError, match="unknown LoRA format"):
-        to_lora(edit, tmp_path / "x", "kohya")
+        to_lora(edit, tmp_path / "x", "lycoris")
     ct = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 3, 4, 2, 1))
     g = torch.Generator().manual_seed(0)
     ct_edit = oe.Edit.create(ct, {"0": Delta(torch.randn(1, 3, 4, 4, generator=g), _orth(1, 4, g), "conv_transpose2d")})
@@ -143,7 +143,7 @@ def test_cli_export_lora(tmp_path, capsys) -> None:
     assert (tmp_path / "d" / "pytorch_lora_weights.safetensors").is_file()
     assert {p.name for p in (tmp_path / "p").iterdir()} == {"adapter_model.safetensors", "adapter_config.json"}
     with pytest.raises(SystemExit):
-        cli_main(["export-lora", str(tmp_path / "edit"), str(tmp_path / "k"), "--format", "kohya"])
+        cli_main(["export-lora", str(tmp_path / "edit"), str(tmp_path / "k"), "--format", "lycoris"])
     assert cli_main(["export-lora", str(tmp_path / "missing"), str(tmp_path / "m")]) == 2
 
 

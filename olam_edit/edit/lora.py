@@ -10,7 +10,10 @@
 Formats: ``peft`` writes ``adapter_model.safetensors`` (keys ``base_model.model.<layer>.lora_A.weight``)
 and ``adapter_config.json`` (``rank_pattern`` / ``alpha_pattern`` where ranks differ); ``diffusers``
 writes ``pytorch_lora_weights.safetensors`` with keys ``<prefix>.<layer>.lora_A.weight`` (prefix
-``unet`` by default, else the edit's component) and the ``lora_adapter_metadata`` header diffusers reads.
+``unet`` by default, else the edit's component: ``transformer`` for a DiT's edits, which
+``pipe.load_lora_weights`` and ``transformer.load_lora_adapter(prefix="transformer")`` read) and the
+``lora_adapter_metadata`` header diffusers reads; ``kohya`` writes one ``lora.safetensors`` with
+``lora_unet_*`` / ``lora_te_*`` keys for A1111, ComfyUI and kohya's scripts (:mod:`.lora_kohya`).
 Pure safetensors and JSON: neither peft nor diffusers is imported.
 """
 
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from olam_edit.edit.lora_kohya import write_kohya
 from olam_edit.errors import LoraExportError, explain
 from olam_edit.files.atomic import atomic_save_safetensors, atomic_write_bytes
 from olam_edit.memory import layout as L
@@ -33,7 +37,7 @@ from olam_edit.memory.delta import Delta
 if TYPE_CHECKING:  # only for annotations: nothing here imports Edit back at run time
     from olam_edit.edit.core import Edit
 
-FORMATS = ("peft", "diffusers")
+FORMATS = ("peft", "diffusers", "kohya")
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -101,15 +105,22 @@ def lora_config(edit: Edit, ranks: dict[str, int]) -> dict[str, Any]:
 
 
 def to_lora(edit: Edit, directory: str | Path, format: str = "peft", *, prefix: str | None = None,
-            model: nn.Module | None = None, dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``edit`` as a LoRA folder in ``format`` (``"peft"`` or ``"diffusers"``); returns the folder.
+            model: nn.Module | None = None, dtype: torch.dtype = torch.float32,
+            base_version: str | None = None) -> Path:
+    """Write ``edit`` as a LoRA folder in ``format`` (``"peft"``, ``"diffusers"`` or ``"kohya"``); returns
+    the folder.
 
-    ``prefix`` (diffusers format) defaults to the edit's component, else ``"unet"``. With ``model``,
-    conv layers PEFT cannot reproduce exactly (dilated, grouped) are refused.
+    ``prefix`` (diffusers format) defaults to the edit's component, else ``"unet"``. ``base_version``
+    (kohya format: ``sd_v1``, ``sd_v2``, ``sd_v2_v``, ``sdxl_base_v1-0``) is written to the metadata,
+    inferred from the edited layers when None. With ``model``, conv layers a LoRA cannot reproduce
+    exactly (dilated, grouped) are refused. Nothing is written when the edit cannot be exported.
     """
     if format not in FORMATS:
         raise LoraExportError(explain("unknown LoRA format", got=repr(format), expected=" or ".join(FORMATS)))
     _check_exportable(edit, model)
+    if format == "kohya":  # float64 factors: the kohya writer rescales up before casting to dtype
+        exact = {name: lora_factors(d, torch.float64) for name, d in edit.deltas.items()}
+        return write_kohya(edit, exact, directory, version=base_version, dtype=dtype)
     factors = {name: lora_factors(d, dtype) for name, d in edit.deltas.items()}
     ranks = {name: f.rank for name, f in factors.items()}
     config = lora_config(edit, ranks)
