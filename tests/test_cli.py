@@ -61,9 +61,9 @@ def test_bench_says_what_it_measures_as_it_goes_and_writes_its_record(tmp_path) 
     assert out.returncode == 0, out.stderr
     starts = [line for line in out.stderr.splitlines() if line.startswith("bench [") and line.endswith("...")]
     ends = [line for line in out.stderr.splitlines() if line.startswith("bench [") and " done in " in line]
-    assert len(starts) == len(ends) == 6 and starts[0].startswith("bench [1/6]")
+    assert len(starts) == len(ends) == 8 and starts[0].startswith("bench [1/8]")
     targeted = {"stats_overhead", "accumulate_ratio", "solve_time_ratio", "solve_objective_ratio", "size_ratio",
-                "many_rules_time_ratio"}
+                "many_rules_time_ratio", "text_solve_ratio", "text_file_ratio"}
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(last) == targeted | {"stats_2proc_speedup", "many_rules_peak_mb"}
     assert all(v > 0 for v in last.values())
@@ -78,6 +78,9 @@ def test_bench_says_what_it_measures_as_it_goes_and_writes_its_record(tmp_path) 
         last["stats_2proc_speedup"])
     assert record["details"]["many_rules_joint_s"] / record["details"]["many_rules_one_by_one_s"] == pytest.approx(
         last["many_rules_time_ratio"])
+    assert record["details"]["text_file_bytes"] / record["details"]["text_file_dense_bytes"] == pytest.approx(
+        last["text_file_ratio"])
+    assert record["details"]["text_solve_uce_gap"] < 1e-3  # both sides solved the same rules
     both = run("bench", "--quick", "--full")
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
@@ -94,7 +97,7 @@ def test_bench_default_times_part_of_the_reference_and_scales_it() -> None:
     assert whole["reference_timed_steps"] == 12 and whole["reference_s"] == whole["reference_timed_s"]
     rows = {what.split(":")[0]: fn for what, fn in bench.measurements()}
     assert list(rows) == ["statistics overhead", "accumulation", "solve", "size", "distributed statistics",
-                          "many text rules"]
+                          "many text rules", "text rule solve", "text rule file"]
     assert bench.TIMED_REFERENCE_STEPS == 200 and bench.REFERENCE_STEPS == 2001
     table = bench.format_table({**dict.fromkeys(bench.TARGETS, 0.5), **part, "reference_timed_steps": 200})
     assert "200 of the reference's 2001 Adam steps timed, scaled to 2001" in table

@@ -21,18 +21,17 @@ growth of ``ru_maxrss``, which can only under-report (a larger earlier peak hide
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import resource
 import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from olam_edit.eval.attention_stack import SD15_BLOCKS, SD15_TEXT_DIM, TINY_BLOCKS, attention_stack, projection_names
+from olam_edit.eval.timing import seconds, threads
 from olam_edit.rules.text.solve import solve_text_rule
 
 RULES = 1000
@@ -99,34 +98,17 @@ def bench_many_rules(quick: bool = False, repeats: int = 3, rules: int = RULES,
         for j in range(count):
             solve_text_rule(model, layers, K[j * k : (j + 1) * k], T[j * k : (j + 1) * k])
 
-    with _threads(1):
+    with threads(1):
         joint()  # untimed: one-off set-up (allocations, kernel choice)
         peak = peak_mb(joint)
-        t_joint = statistics.median(_seconds(joint) for _ in range(repeats))
+        t_joint = statistics.median(seconds(joint) for _ in range(repeats))
         singles(1)
-        t_single = statistics.median(_seconds(lambda: singles(timed_single)) for _ in range(repeats))
+        t_single = statistics.median(seconds(lambda: singles(timed_single)) for _ in range(repeats))
     t_all_single = t_single * rules / timed_single
     return {"many_rules_time_ratio": t_joint / t_all_single, "many_rules_peak_mb": peak,
             "many_rules_joint_s": t_joint, "many_rules_one_by_one_s": t_all_single,
             "many_rules_single_timed": float(timed_single), "many_rules_rules": float(rules),
             "many_rules_keys": float(K.shape[0]), "many_rules_layers": float(len(layers))}
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Both sides on ``n`` threads: on shared cores extra threads only add contention and noise."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _seconds(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 __all__ = ["KEYS_PER_RULE", "RULES", "TIMED_SINGLE", "bench_many_rules", "peak_mb"]
