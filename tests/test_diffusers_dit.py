@@ -193,3 +193,27 @@ def test_unknown_transformer_names_the_layers_looked_for() -> None:
     with pytest.raises(UnsupportedModelError, match=r"no prompt-only layer.*Mystery.*context_embedder") as e:
         text_edit(Pipe(), "a rose", "a blue rose", prior="identity")
     assert "attn2.to_k" in str(e.value) and "register_family" in str(e.value)
+
+
+def test_capitals_give_the_keys_of_what_the_encoder_sees(family) -> None:
+    """PixArt and Sana lower-case prompts before their case-sensitive tokenisers: the rule's token
+    positions must come from that text, so "A Blue Rose" aligns exactly like "a blue rose"."""
+    name, pipe, _, _ = family
+    upper = rule_keys(pipe, ["A Blue Rose"], ["A Blue Rose In A Vase"], True)
+    if name in ("pixart", "sana"):
+        lower = rule_keys(pipe, ["a blue rose"], ["a blue rose in a vase"], True)
+        assert upper.alignments == lower.alignments
+        assert torch.equal(upper.keys, lower.keys) and torch.equal(upper.targets, lower.targets)
+    assert upper.keys.shape == upper.targets.shape and upper.keys.shape[0] > 0
+
+
+def test_erase_and_replace_refuse_dit_pipelines_with_one_line(family) -> None:
+    from olam_edit.adapters.diffusers.erase import text_erase, text_replace
+
+    _, pipe, _, _ = family
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    with pytest.raises(UnsupportedModelError, match="support UNet pipelines"):
+        text_erase(pipe, "a cat", guide="a dog", preserve=["a house"])
+    with pytest.raises(UnsupportedModelError, match="support UNet pipelines"):
+        text_replace(pipe, "a cat", "a dog")
+    assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())

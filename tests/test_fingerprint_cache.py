@@ -74,3 +74,12 @@ def test_edits_record_the_weight_they_were_made_for(hashes) -> None:
         a.apply(model)
     c.apply(model)
     c.revert(model)
+
+
+def test_a_write_through_data_that_misses_the_sampled_values_is_seen() -> None:
+    """The version counter does not see ``.data`` writes; the checksum of every element does."""
+    p = torch.nn.Parameter(torch.zeros(320, 768))
+    before = fp.cached_fingerprint(p)
+    p.data[7] = 1.0  # row 7 holds none of the sampled elements
+    assert p._version == 0  # the version counter did not see it
+    assert fp.cached_fingerprint(p) == fp.tensor_fingerprint(p) != before

@@ -17,6 +17,7 @@ from tiny_models import tiny_dcgan
 
 import olam_edit as oe
 from olam_edit.adapters import TorchGenerator
+from olam_edit.edit.apply import SolvedOnOtherEditsWarning
 from olam_edit.edit.card import build_model_card
 from olam_edit.edit.core import Edit
 from olam_edit.errors import BaseMismatchError, RequestError
@@ -130,7 +131,8 @@ def test_a_kept_edit_keeps_every_fitted_value() -> None:
     _, v_base_b = gen.keys_and_values(LAYER, gen.latents([B.paste.seed]))
     assert float((v_b - v_base_b).norm()) > 1e-3  # the new rule still does something
     first.revert(gen.model)
-    second.apply(gen.model)  # solved on top of `first`, it records the same base and applies alone too
+    with pytest.warns(SolvedOnOtherEditsWarning, match=first.fingerprint[:12]):
+        second.apply(gen.model)  # it records the same base and applies alone, saying what it was solved on
     second.revert(gen.model)
 
 
@@ -278,3 +280,19 @@ def test_the_readme_many_rules_example_does_what_it_says(tmp_path, monkeypatch) 
             paste_after = gen.model(gen.latents([1]))
     assert float((after - before).abs().max()) < 1e-4  # float32 model: exact up to float32 round-off
     assert float((paste_after - paste_before).abs().max()) > 0.1  # the rule still paints its paste sample
+
+
+def test_kept_recipes_from_files_are_bounded_and_checked() -> None:
+    """requests_of reads recipes of edit files: deep nesting, malformed parts and too many rules are refused."""
+    from olam_edit.rules.spatial.joint import MAX_JOINT_RULES, requests_of
+
+    one = {**A.to_json(), "method": "rewrite"}
+    merged = {"kind": "merged", "parts": [{"recipe": one}, {"recipe": one}]}
+    assert [r.name for r, _ in requests_of(merged)] == ["a", "a"]
+    nested: dict = {"kind": "merged", "parts": [{"recipe": one}]}
+    for _ in range(6):
+        nested = {"kind": "merged", "parts": [{"recipe": nested}]}
+    for bad in (nested, {"kind": "merged", "parts": [one, "x"]}, {"kind": "merged", "parts": "x"},
+                {"rules": [one] * (MAX_JOINT_RULES + 1)}, {"kind": "text", "source": ["a"]}, None):
+        with pytest.raises(RequestError):
+            requests_of(bad)

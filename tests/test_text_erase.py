@@ -306,3 +306,16 @@ def test_the_readme_erase_example_runs_on_the_tiny_pipeline(pipe) -> None:
     assert all(c["residual_after"] < c["residual_before"] for c in no_pets.manifest["metrics"]["concepts"])
     assert snoopy.manifest["recipe"]["mode"] == "replace" and snoopy.manifest["recipe"]["scale"] == 0.8
     assert ns["image"] is not None and _unchanged(pipe, state)  # edited() reverted the erasure
+
+
+def test_recipes_read_back_from_files_are_checked_before_use(tmp_path) -> None:
+    """An earlier edit's recipe is untrusted: prompts, guides and flags of the wrong type are refused."""
+    from olam_edit.adapters.diffusers.text import recipe_flag, recipe_prompts
+
+    assert recipe_prompts({"source": ["a cat"]}, "source") == ["a cat"]
+    for bad in ({"source": "a cat"}, {"source": []}, {"source": [1]}, {"source": ["x" * 5000]}, {}):
+        with pytest.raises(RequestError):
+            recipe_prompts(bad, "source")
+    assert recipe_flag({}, "padding", True) is True and recipe_flag({"padding": False}, "padding", True) is False
+    with pytest.raises(RequestError):
+        recipe_flag({"padding": "false"}, "padding", True)

@@ -51,9 +51,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from olam_edit.adapters.diffusers.families import family_of
 from olam_edit.edit.apply import check_base
 from olam_edit.edit.core import Edit
-from olam_edit.errors import BaseMismatchError, EmptySelectionError, RequestError, TokenAlignmentError, explain
+from olam_edit.errors import (
+    BaseMismatchError,
+    EmptySelectionError,
+    RequestError,
+    TokenAlignmentError,
+    UnsupportedModelError,
+    explain,
+)
+from olam_edit.files.validate import summary
 from olam_edit.rules.registry import kind_of
 from olam_edit.rules.text.solve import TEXT_PRIOR_RIDGE
 
@@ -182,8 +191,15 @@ def concept_edit_keys(pipe: Any, edit: Edit) -> ConceptKeys:
                                                   f"here {foreign[:3]}", expected="a text edit of this UNet",
                                               fix="Pass only edits made on this base model."))
     check_base(_text.unet_of(pipe), edit)
-    return concept_keys(pipe, recipe["concepts"], recipe["guides"], bool(recipe.get("padding", True)),
-                        str(recipe.get("tokens", "last")))
+    concepts, guides = _text.recipe_prompts(recipe, "concepts"), recipe.get("guides")
+    if not isinstance(guides, list) or len(guides) != len(concepts) or not all(isinstance(g, str) for g in guides):
+        raise RequestError(explain("the erase / replace recipe's guides do not pair with its concepts",
+                                   got=summary(guides), expected=f"{len(concepts)} strings"))
+    tokens = recipe.get("tokens", "last")
+    if tokens not in ("last", "all"):
+        raise RequestError(explain("the recipe's tokens field is unknown", got=summary(tokens),
+                                   expected="'last' or 'all'"))
+    return concept_keys(pipe, concepts, guides, _text.recipe_flag(recipe, "padding", True), tokens)
 
 
 def _protection(pipe: Any, edits: Edit | Sequence[Edit]) -> tuple[Tensor | None, list[Edit], list[str]]:
@@ -267,9 +283,21 @@ def _recipe(mode: str, concepts: list[str], guides: list[str], preserve: list[st
             **({"prior": s.prior} if isinstance(s.prior, str) else {}), "corpus": corpus}
 
 
+def _check_unet_family(pipe: Any) -> None:
+    """Erase / replace align tokens as a causal CLIP encoder writes them (last token, then end-of-text
+    and padding); DiT families (T5 / Gemma encoders, masked padding, several token runs) are refused."""
+    family, comp = family_of(pipe)
+    if family.component != "unet":
+        raise UnsupportedModelError(explain(
+            "text_erase / text_replace support UNet pipelines (Stable Diffusion 1.x / 2.x / XL)",
+            got=f"a {type(comp).__name__} ({family.name} family)", expected="a pipeline with .unet",
+            fix="On a DiT, use text_edit(pipe, source, destination) or text_edit_from_embeddings."))
+
+
 def _solve(pipe: Any, mode: str, concepts: list[str], guides: list[str], preserve: list[str], s: _Settings) -> Edit:
     """Encode, align, solve through text_edit_from_embeddings, scale, and write the report into the manifest."""
-    unet = _text.unet_of(pipe)  # a clear error for pipelines without a UNet, before any encoding
+    unet = _text.unet_of(pipe)  # a clear error for pipelines of no known family, before any encoding
+    _check_unet_family(pipe)
     _check_preserve(mode, preserve, s.prior, concepts)
     names = _text.check_layers(unet, _text.cross_attention_layers(unet) if s.layers is None else s.layers)
     padding = not s.hard if s.padding is None else bool(s.padding)

@@ -232,8 +232,30 @@ def segments(pipe: Any, prompt: str, length: int) -> list[Segment]:
     if family.segments is None:
         raise UnsupportedModelError(explain(f"the {family.name} family cannot tokenise prompts yet",
                                             fix="Use text_edit_from_embeddings(model, keys, targets)."))
-    return family.segments(pipe, prompt, length)
+    return family.segments(pipe, as_encoded(pipe, prompt), length)
 
 
-__all__ = ["FAMILIES", "UNET", "Family", "Segment", "call_default", "cross_attention_layers", "encode_prompts",
-           "family_of", "register_family", "segments"]
+def as_encoded(pipe: Any, prompt: str) -> str:
+    """``prompt`` as the pipeline's encode_prompt sees it before tokenising: PixArt and Sana lower-case
+    and strip it (``_text_preprocessing``, with encode_prompt's default ``clean_caption=False``), and
+    their T5 / Gemma tokenisers are case-sensitive, so token ids must come from the same text."""
+    pre = getattr(pipe, "_text_preprocessing", None)
+    if not callable(pre):
+        return prompt
+    out = pre(prompt, clean_caption=False)
+    return str(out[0]) if isinstance(out, list | tuple) and out else prompt
+
+
+__all__ = [
+    "FAMILIES",
+    "UNET",
+    "Family",
+    "Segment",
+    "as_encoded",
+    "call_default",
+    "cross_attention_layers",
+    "encode_prompts",
+    "family_of",
+    "register_family",
+    "segments",
+]

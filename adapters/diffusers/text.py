@@ -46,6 +46,7 @@ from olam_edit.errors import (
     explain,
 )
 from olam_edit.files.fingerprint import json_fingerprint, tensor_fingerprint
+from olam_edit.files.validate import summary
 from olam_edit.memory.handles import get_handle
 from olam_edit.memory.stats import SecondMoment
 from olam_edit.rules.registry import kind_of
@@ -236,7 +237,30 @@ def edit_keys(pipe: Any, edit: Edit) -> Tensor:
         raise RequestError(explain("this text edit records no prompts to rebuild its keys from",
                                    got=sorted(recipe)[:8], expected="a recipe with 'source' and 'destination'",
                                    fix="Pass the keys it was solved on as protect= instead."))
-    return rule_keys(pipe, recipe["source"], recipe["destination"], bool(recipe.get("padding", True))).keys
+    sources, dests = recipe_prompts(recipe, "source"), recipe_prompts(recipe, "destination")
+    return rule_keys(pipe, sources, dests, recipe_flag(recipe, "padding", True)).keys
+
+
+MAX_RECIPE_PROMPTS = 10_000  # prompts a recipe read back from an edit file may name
+
+
+def recipe_prompts(recipe: dict[str, Any], key: str) -> list[str]:
+    """``recipe[key]`` as a non-empty list of at most MAX_RECIPE_PROMPTS strings (an edit file's recipe
+    is untrusted input); RequestError otherwise."""
+    value = recipe.get(key)
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_RECIPE_PROMPTS or \
+            not all(isinstance(v, str) and len(v) <= 4096 for v in value):
+        raise RequestError(explain(f"the edit's recipe has no valid {key!r} prompts", got=summary(value),
+                                   expected=f"a list of 1 to {MAX_RECIPE_PROMPTS} strings"))
+    return value
+
+
+def recipe_flag(recipe: dict[str, Any], key: str, default: bool) -> bool:
+    """``recipe[key]`` when it is a bool, ``default`` when absent; RequestError for anything else."""
+    value = recipe.get(key, default)
+    if not isinstance(value, bool):
+        raise RequestError(explain(f"the edit's recipe field {key!r} is not true / false", got=summary(value)))
+    return value
 
 
 def protected_keys(pipe: Any, edits: Edit | Sequence[Edit], protect: Tensor | None = None

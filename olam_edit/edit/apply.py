@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,12 +143,32 @@ def apply_edit(model: Any, edit: Edit, *, scale: float = 1.0, force: bool = Fals
     if not force:
         for h in handles:
             _check_base(module, edit, h)
+    if not force:
+        _warn_unapplied_prerequisites(module, edit)
     new = {h.name: _new_weight(h, edit, scale) for h in handles}
     originals = {h.name: h.parameter.detach().clone() for h in handles}
     with torch.no_grad():
         for h in handles:
             h.parameter.copy_(new[h.name])
     stack.append(_Applied(fp, originals))
+
+
+class SolvedOnOtherEditsWarning(UserWarning):
+    """An edit solved on a model carrying other edits (``keep=`` / ``preserve_edits=``) is applied
+    without them: it still leaves their keys alone, but its targets were fitted with them applied."""
+
+
+def _warn_unapplied_prerequisites(module: nn.Module, edit: Edit) -> None:
+    solver = edit.manifest.get("solver")
+    solver = solver if isinstance(solver, dict) else {}
+    named = [*(solver.get("kept_edits") or []), *(solver.get("protected_edits") or [])]
+    wanted = [fp for fp in named if isinstance(fp, str)][:64]
+    applied = {a.fingerprint for a in _STACKS.get(module, [])}
+    missing = [fp[:12] for fp in wanted if fp not in applied]
+    if missing:
+        warnings.warn(f"this edit was solved on a model carrying edits {missing} that are not applied here; it "
+                      "leaves their keys unchanged, but its targets were fitted with them applied (apply them first, "
+                      "or Edit.merge them into one)", SolvedOnOtherEditsWarning, stacklevel=3)
 
 
 def revert_edit(model: Any, edit: Edit) -> None:

@@ -34,7 +34,8 @@ def free_basis(K_keep: Tensor, dim: int) -> Tensor | None:
     K = K_keep.to(torch.float64)
     if K.shape[0] == 0 or float(K.abs().max()) == 0.0:
         return None
-    _, S, Vh = torch.linalg.svd(K, full_matrices=True)  # Vh [dim, dim]
+    K = row_space(K)  # [min(m, dim), dim]: the same singular values and right singular vectors
+    _, S, Vh = torch.linalg.svd(K, full_matrices=True)  # Vh [dim, dim], U at most [dim, dim]
     spanned = int((S > NULL_RTOL * S[0]).sum())
     if spanned >= dim:
         raise RequestError(explain("the protected keys span every direction of this layer's keys",
@@ -42,6 +43,12 @@ def free_basis(K_keep: Tensor, dim: int) -> Tensor | None:
                                    expected=f"fewer than {dim} directions",
                                    fix="Protect fewer seeds or edits, or edit a layer with more channels."))
     return Vh[spanned:].T.contiguous()  # [dim, q]
+
+
+def row_space(K: Tensor) -> Tensor:
+    """A matrix of at most ``dim`` rows with the row space and singular values of K ``[m, dim]``
+    (the R of its QR when m > dim), so that no ``[m, m]`` matrix is ever formed."""
+    return torch.linalg.qr(K, mode="r").R if K.shape[0] > K.shape[1] else K  # [dim, dim] or K
 
 
 def keys_feeding(handle: LayerHandle, x: Tensor, mask: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from olam_edit.rules.spatial.tensors import RuleTensors
 
 SPAN_RTOL = 1e-8  # joint directions below this fraction of the strongest singular value coincide with others
 MAX_JOINT_RULES = 64  # one forward batch of paste samples and one stacked least squares
+MAX_RECIPE_DEPTH = 4  # merges of merges of ... read back from a file
 
 
 def as_requests(requests: EditRequest | Sequence[EditRequest], layer: str) -> list[EditRequest]:
@@ -91,19 +92,29 @@ def joint_recipe_fields(reqs: Sequence[EditRequest], method: str) -> dict[str, A
             "rules": [r.to_json() for r in reqs]}
 
 
-def requests_of(recipe: Any) -> list[tuple[EditRequest, str]]:
+def requests_of(recipe: Any, depth: int = 0) -> list[tuple[EditRequest, str]]:
     """The (request, method) pairs a spatial recipe was solved from: one request, a joint ``rules`` list,
-    or the ``parts`` of a merged edit (recursively). RequestError for a recipe of another kind."""
+    or the ``parts`` of a merged edit (recursively, at most :data:`MAX_RECIPE_DEPTH` deep and
+    :data:`MAX_JOINT_RULES` requests in all). A recipe comes from an edit file, so anything malformed
+    or of another kind is a RequestError, never skipped."""
     if not isinstance(recipe, Mapping):
         raise RequestError(explain("the edit carries no recipe to rebuild its rules from", got=summary(recipe)))
-    if recipe.get("kind") == "merged" and isinstance(recipe.get("parts"), list):
-        parts = [part for part in recipe["parts"] if isinstance(part, Mapping)]
-        return [pair for part in parts for pair in requests_of(part.get("recipe"))]
-    method = "erase" if recipe.get("method") == "erase" else "rewrite"
-    if isinstance(recipe.get("rules"), list):
-        return [(EditRequest.from_json(r), method) for r in recipe["rules"]]
-    if "copy" in recipe and "paste" in recipe:
-        return [(EditRequest.from_json(dict(recipe)), method)]
-    raise RequestError(explain("the edit is not a spatial rule's edit", got=f"recipe kind {recipe.get('kind')!r}",
-                               expected="a spatial recipe (copy / paste / context)",
-                               fix="keep= protects spatial edits of this layer; text edits take preserve_edits=."))
+    if recipe.get("kind") == "merged":
+        parts = recipe.get("parts")
+        if depth >= MAX_RECIPE_DEPTH or not isinstance(parts, list) or not all(isinstance(p, Mapping) for p in parts):
+            raise RequestError(explain("a merged edit's recipe is malformed", got=summary(parts),
+                                       expected=f"a list of parts, nested at most {MAX_RECIPE_DEPTH} deep"))
+        pairs = [pair for part in parts for pair in requests_of(part.get("recipe"), depth + 1)]
+    elif isinstance(recipe.get("rules"), list):
+        method = "erase" if recipe.get("method") == "erase" else "rewrite"
+        pairs = [(EditRequest.from_json(r), method) for r in recipe["rules"][: MAX_JOINT_RULES + 1]]
+    elif "copy" in recipe and "paste" in recipe:
+        pairs = [(EditRequest.from_json(dict(recipe)), "erase" if recipe.get("method") == "erase" else "rewrite")]
+    else:
+        raise RequestError(explain("the edit is not a spatial rule's edit", got=f"recipe kind {recipe.get('kind')!r}",
+                                   expected="a spatial recipe (copy / paste / context)",
+                                   fix="keep= protects spatial edits of this layer; text edits take preserve_edits=."))
+    if len(pairs) > MAX_JOINT_RULES:
+        raise RequestError(explain("the edit's recipe holds too many rules", got=f"more than {MAX_JOINT_RULES}",
+                                   expected=f"at most {MAX_JOINT_RULES}"))
+    return pairs

@@ -21,7 +21,7 @@ from olam_edit.edit.apply import applied_edits, check_base, target_module
 from olam_edit.edit.core import Edit
 from olam_edit.errors import BaseMismatchError, RequestError, explain
 from olam_edit.files.validate import summary
-from olam_edit.memory.protect import keys_feeding
+from olam_edit.memory.protect import keys_feeding, row_space
 from olam_edit.rules.spatial.joint import requests_of
 from olam_edit.rules.spatial.request import Selection
 
@@ -62,29 +62,39 @@ def kept_keys(rw: Rewriter, edits: Sequence[Any]) -> Tensor:
     return torch.cat(parts)  # [m, in]
 
 
-def protected_keys(rw: Rewriter, protect: Protect) -> Tensor:
-    """The keys ``[m, in]`` named by ``protect`` (see the module docstring); RequestError for anything else."""
+def protected_keys(rw: Rewriter, protect: Protect) -> tuple[Tensor, int]:
+    """The keys named by ``protect`` (see the module docstring) as a matrix with their row space
+    (``[m, in]``, or at most ``[in, in]`` for many seeds) and how many keys they are; RequestError for
+    anything else."""
     dim = rw.handle.key_dim
     if protect is None:
-        return torch.zeros(0, dim, dtype=torch.float64)
+        return torch.zeros(0, dim, dtype=torch.float64), 0
     if isinstance(protect, Tensor):
         if protect.ndim != 2 or protect.shape[1] != dim or not torch.isfinite(protect).all():
             raise RequestError(explain("protect= keys must be a finite [m, d] tensor of this layer's keys",
                                        got=tuple(protect.shape), expected=f"[m, {dim}]"))
-        return protect.detach().to(torch.float64).cpu()
+        return protect.detach().to(torch.float64).cpu(), int(protect.shape[0])
     items = list(protect) if isinstance(protect, list | tuple) else None
     if items is not None and all(isinstance(s, int) and not isinstance(s, bool) for s in items):
         if len(items) > MAX_PROTECT_SEEDS:
             raise RequestError(explain("too many seeds to protect", got=len(items), expected=f"<= {MAX_PROTECT_SEEDS}"))
-        if not items:
-            return torch.zeros(0, dim, dtype=torch.float64)
-        x, _ = rw.generator.keys_and_values(rw.layer, rw.generator.latents(items))
-        return x.detach().to(torch.float64).movedim(1, -1).reshape(-1, dim).cpu()  # [B*h*w, in]
+        return _seed_keys(rw, items)
     if items is not None and all(isinstance(s, Selection) for s in items):
         keys, _ = rw.context_keys(items) if items else (torch.zeros(0, dim), None)
-        return keys.to(torch.float64).cpu()
+        return keys.to(torch.float64).cpu(), int(keys.shape[0])
     raise RequestError(explain("protect= takes seeds, Selections or a [m, d] key tensor", got=summary(protect),
                                fix="e.g. protect=[10, 11, 12] keeps every key of those samples."))
+
+
+def _seed_keys(rw: Rewriter, seeds: list[int], batch: int = 16) -> tuple[Tensor, int]:
+    """Every key of the samples ``seeds``, reduced batch by batch to its row space (at most ``[in, in]``:
+    all that the protection needs, whatever the number of seeds), and the number of keys."""
+    R, count = torch.zeros(0, rw.handle.key_dim, dtype=torch.float64), 0
+    for i in range(0, len(seeds), batch):
+        x, _ = rw.generator.keys_and_values(rw.layer, rw.generator.latents(seeds[i : i + batch]))
+        keys = x.detach().to(torch.float64).movedim(1, -1).reshape(-1, rw.handle.key_dim).cpu()  # [B*h*w, in]
+        R, count = row_space(torch.cat([R, keys])), count + int(keys.shape[0])
+    return R, count
 
 
 __all__ = ["MAX_PROTECT_SEEDS", "Protect", "check_kept", "kept_keys", "protected_keys"]

@@ -157,8 +157,9 @@ class Rewriter:
         """N ``[in, q]`` (orthonormal basis of the directions orthogonal to every kept and protected key,
         None when nothing is kept) and the number of those keys; computed once."""
         if self._free is None:
-            K = torch.cat([kept_keys(self, self.keep), protected_keys(self, self.protect)])  # [m, in]
-            self._free = (free_basis(K, self.handle.key_dim), int(K.shape[0]))
+            kept = kept_keys(self, self.keep)  # [m, in]
+            named, count = protected_keys(self, self.protect)  # [m', in] spanning the named keys
+            self._free = (free_basis(torch.cat([kept, named]), self.handle.key_dim), int(kept.shape[0]) + count)
         return self._free
 
     def rules_tensors(self, requests: Sequence[EditRequest]) -> tuple[Tensor, list[RuleTensors]]:
