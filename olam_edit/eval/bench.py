@@ -68,8 +68,11 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 def _paired(candidate: Callable[[], Any], baseline: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
     """Run candidate and baseline alternately; the median of per-pair ratios resists machine noise.
 
-    Returns (median ratio, median candidate seconds, median baseline seconds).
+    Returns (median ratio, median candidate seconds, median baseline seconds). Both run once untimed
+    first, so neither pays for warming caches and allocators.
     """
+    candidate()
+    baseline()
     ratios, tc, tb = [], [], []
     for _ in range(repeats):
         tc.append(_median_time(candidate, 1))
