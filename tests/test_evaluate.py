@@ -47,17 +47,23 @@ def test_heldout_seeds_exclude_the_request() -> None:
         heldout_seeds(req, [10_003, 10_005])
 
 
-def test_evaluate_on_a_tiny_model_uses_only_heldout_seeds() -> None:
+def _tiny_rule() -> tuple[TorchGenerator, EditRequest, Rewriter, torch.Tensor]:
+    """A tiny seeded DCGAN, one rule on its layer '3' (one box for copy, paste and context), its
+    Rewriter and the box as the evaluation region ``[16, 16]``."""
     gen = TorchGenerator(tiny_dcgan(dtype=torch.float64), (8, 1, 1), name="tiny")
     mask = np.zeros((16, 16))
     mask[4:10, 4:10] = 1
     req = EditRequest(layer="3", copy=Selection(1, mask), paste=Selection(2, mask), context=[Selection(3, mask)])
-    rw = Rewriter(gen, "3", progress=False, stats_samples=40)
+    region = torch.zeros(16, 16, dtype=torch.bool)
+    region[4:10, 4:10] = True
+    return gen, req, Rewriter(gen, "3", progress=False, stats_samples=40), region
+
+
+def test_evaluate_on_a_tiny_model_uses_only_heldout_seeds() -> None:
+    gen, req, rw, region = _tiny_rule()
     rendered: list[list[int]] = []
     original = gen.images
     gen.images = lambda seeds, *a, **k: (rendered.append(list(seeds)), original(seeds, *a, **k))[1]
-    region = torch.zeros(16, 16, dtype=torch.bool)
-    region[4:10, 4:10] = True
     report = evaluate(gen, req, seeds=range(0, 12), region=region, rewriter=rw, progress=False,
                       steps={"finetune_layer": 20, "finetune_all": 20})
     assert report.seeds == [0, *range(4, 12)]
@@ -124,13 +130,7 @@ def test_ratio_standard_error_matches_the_spread_over_resampled_seeds() -> None:
 
 
 def test_scores_carry_sampling_errors_and_per_seed_changes() -> None:
-    gen = TorchGenerator(tiny_dcgan(dtype=torch.float64), (8, 1, 1), name="tiny")
-    mask = np.zeros((16, 16))
-    mask[4:10, 4:10] = 1
-    req = EditRequest(layer="3", copy=Selection(1, mask), paste=Selection(2, mask), context=[Selection(3, mask)])
-    rw = Rewriter(gen, "3", progress=False, stats_samples=40)
-    region = torch.zeros(16, 16, dtype=torch.bool)
-    region[4:10, 4:10] = True
+    gen, req, rw, region = _tiny_rule()
     report = evaluate(gen, req, seeds=range(20, 60), region=region, rewriter=rw, baselines=False, progress=False)
     s, seeds = report.methods["rewrite"], report.to_json(per_seed=True)["_per_seed"]
     assert seeds["seeds"] == list(range(20, 60)) and len(seeds["rewrite"]["in"]) == 40
@@ -143,13 +143,7 @@ def test_scores_carry_sampling_errors_and_per_seed_changes() -> None:
 
 
 def test_checkpoints_score_each_baseline_after_that_many_steps() -> None:
-    gen = TorchGenerator(tiny_dcgan(dtype=torch.float64), (8, 1, 1), name="tiny")
-    mask = np.zeros((16, 16))
-    mask[4:10, 4:10] = 1
-    req = EditRequest(layer="3", copy=Selection(1, mask), paste=Selection(2, mask), context=[Selection(3, mask)])
-    rw = Rewriter(gen, "3", progress=False, stats_samples=40)
-    region = torch.zeros(16, 16, dtype=torch.bool)
-    region[4:10, 4:10] = True
+    gen, req, rw, region = _tiny_rule()
     kw = {"seeds": range(20, 32), "region": region, "rewriter": rw, "progress": False}
     report = evaluate(gen, req, steps={"finetune_layer": 12, "finetune_all": 12}, checkpoints=(5, 12, 50), **kw)
     assert set(report.checkpoints) == {"finetune_layer@5", "finetune_all@5"}  # 12 is the end, 50 beyond it
