@@ -96,7 +96,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                         "jointly, and one after the other without and with keep= (both orders), in each example's "
                         "own box (about 30 s)")
     p.add_argument("--picture", default=None, metavar="PNG",
-                   help="with --interference: also write its picture (base and every case on 6 seeds) to PNG")
+                   help="with --interference: also write its picture (base and every case on 6 seeds) to PNG; "
+                        "with --judge: the judge's picture (16 faces before, rewritten and hand-painted)")
     p.add_argument("--quantile", type=float, default=0.999, help="heatmap threshold quantile (paper: 0.999)")
     p.add_argument("--steps", type=int, default=2001,
                    help="Adam steps of each baseline (default 2001, the reference's). finetune_all costs about "
@@ -106,6 +107,15 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="also score each baseline after these many steps (default 100; shows how far it has "
                         "converged)")
     p.add_argument("--no-baselines", action="store_true", help="measure the rewrite only")
+    p.add_argument("--judge", action="store_true",
+                   help="also judge the faces as a person would (needs pip install 'olam-edit[judge]'): the share "
+                        "where the rule visibly took effect, identity (descriptor distance, rank-1 "
+                        "re-identification), landmark drift and detection, for every method and a hand-painted "
+                        "reference; writes judge.json and judge.png (16 faces), and --json-out becomes the judge's "
+                        "figure")
+    p.add_argument("--effect", default=None,
+                   help="with --judge: the rule's visible-effect test (default: the example's own; one of "
+                        "glasses, moustache, mouth_close, mouth_open)")
 
 
 @command("evaluate", "measure an edit on held-out seeds against the paper's fine-tuning baselines")
@@ -114,7 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from olam_edit.eval.evaluate import evaluate
     from olam_edit.eval.pictures import render_strips, save_picture
 
-    if args.interference or args.picture:
+    if args.interference or (args.picture and not args.judge):
         return _cmd_interference(args)
     if args.spec is None:
         raise RequestError(explain("evaluate needs what to measure", fix="Pass an example name, a request JSON or "
@@ -133,7 +143,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from olam_edit.files.atomic import atomic_write_bytes
 
     atomic_write_bytes(out / "report.json", (json.dumps(report.to_json(), indent=1) + "\n").encode())
-    if args.json_out:
+    if args.judge:
+        _judge(gen, report, settings, args, out)
+    elif args.json_out:
         from olam_edit.eval.figures import invoked_command
 
         figure = report.to_json(per_seed=True)
@@ -150,6 +162,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 cmd_evaluate.configure = _add_evaluate
+
+
+def _judge(gen: Any, report: Any, settings: dict[str, Any], args: argparse.Namespace, out: Path) -> None:
+    """``evaluate --judge``: judge every method's faces, print the table, write judge.json / .png and the figure."""
+    from olam_edit.eval.evaluate import render
+    from olam_edit.eval.judge.picture import save_judge_picture, shown_faces
+    from olam_edit.eval.judge.report import PAINTED, judge
+    from olam_edit.files.atomic import atomic_write_bytes
+
+    effect = args.effect or settings.get("effect")
+    if effect is None:
+        raise RequestError(explain("--judge needs the rule's visible-effect test", fix="Pass --effect NAME (glasses, "
+                                   "moustache, mouth_close or mouth_open)."))
+    seeds = report.seeds
+    before = gen.images(seeds)
+    afters = {"rewrite": gen.images(seeds, report.edit)}
+    afters.update({name: render(gen, model, seeds) for name, model in report.models.items()})
+    judged = judge(before, afters, effect, seeds)
+    figure = judged.to_json(per_face=True)
+    figure["_meta"] = {"command": _figure_command(), "pixel_scores": report.to_json()}
+    atomic_write_bytes(out / "judge.json", (json.dumps(figure, indent=1) + "\n").encode())
+    if args.json_out:
+        atomic_write_bytes(Path(args.json_out), (json.dumps(figure, indent=1) + "\n").encode())
+    shown = shown_faces(judged)
+    painted = _painted_images(judged, before, effect, shown)
+    rows = {"before": before[shown], "rewrite": afters["rewrite"][shown], PAINTED: painted}
+    pictures = [out / "judge.png", *([Path(args.picture)] if args.picture else [])]
+    for path in pictures:
+        save_judge_picture(rows, [seeds[i] for i in shown], path)
+    print(judged.table())
+    print(f"wrote {out / 'judge.json'}, {', '.join(str(p) for p in pictures)}")
+
+
+def _figure_command() -> str | None:
+    from olam_edit.eval.figures import invoked_command
+
+    return invoked_command("evaluate")
+
+
+def _painted_images(judged: Any, before: torch.Tensor, effect: str, shown: list[int]) -> torch.Tensor:
+    """The hand-painted reference of the ``shown`` faces (as the judge made it)."""
+    from olam_edit.eval.judge.painted import paint
+    from olam_edit.eval.judge.read import from_pixels, read_faces
+
+    faces = read_faces(before[shown], identity=False)
+    return from_pixels(paint(effect, faces.pixels, faces.landmarks), before.shape[-1])
 
 
 def _cmd_interference(args: argparse.Namespace) -> int:
