@@ -32,8 +32,10 @@ CHUNK = 1 << 20  # bytes unpacked at a time
 
 
 def edit_name(edit: Edit) -> str:
-    """A file name for ``edit``: its layers and the start of its fingerprint."""
-    return f"olam-edit-{'-'.join(edit.layers)}-{edit.fingerprint[:8]}".replace("/", "_")
+    """A file name for ``edit``: its layers (the first and how many more, for an edit of many, such as a
+    text rule's) and the start of its fingerprint."""
+    layers = list(edit.layers) if len(edit.layers) <= 2 else [edit.layers[0], f"{len(edit.layers) - 1}-more"]
+    return f"olam-edit-{'-'.join(layers)}-{edit.fingerprint[:8]}".replace("/", "_")
 
 
 def zip_edit(edit: Edit, folder: str | Path, picture: bytes | None = None) -> Path:
