@@ -7,11 +7,16 @@ import gradio as gr
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
 from olam_edit.spaces_app.binding import UI
+from olam_edit.spaces_app.checks import part_of
+from olam_edit.spaces_app.layout_text import text_tab
 from olam_edit.spaces_app.painter import guard
+from olam_edit.spaces_app.pipelines import PAINT, TEXT, model_name
 from olam_edit.spaces_app.session import Session, rules_text
 from olam_edit.spaces_app.settings import DISPLAY, MAX_STRENGTH
 from olam_edit.spaces_app.status import message
 from olam_edit.spaces_app.studio import Studio, example_names
+from olam_edit.spaces_app.text_rules import TextSession
+from olam_edit.spaces_app.text_studio import TextStudio
 
 CSS = """
 #status {min-height: 2.2em}
@@ -19,10 +24,11 @@ CSS = """
 """
 
 INTRO = """# olam-edit: rewrite a rule of a generative model
-Pick a sample, **paint** with the brush, and add the region as **context** (where the rule applies; add
-several), **copy** (what to copy) or **paste** (where to put it). Press **Rewrite**, or **Add rule to list** to
-collect several rules and **Rewrite all** to solve them as one edit; then compare the samples before and after,
-change the strength, undo, download the edit, or publish it to the Hub.
+**Paint** (image generators): pick a sample, paint with the brush, and add the region as **context** (where the
+rule applies; add several), **copy** (what to copy) or **paste**
+(where to put it). **Text** (diffusers pipelines): type a source and a destination prompt. Press **Rewrite**, or
+**Add rule to list** to collect several rules and **Rewrite all** to solve them as one edit; then compare before
+and after, change the strength, undo, download the edit, or publish it to the Hub.
 [Bau et al., *Rewriting a Deep Generative Model*, ECCV 2020](https://rewriting.csail.mit.edu/)."""
 
 LOCAL_PUBLISH = ("Publishing uses *your* Hugging Face login, available when this app runs as a Space. "
@@ -30,36 +36,50 @@ LOCAL_PUBLISH = ("Publishing uses *your* Hugging Face login, available when this
 
 
 def layout(studio: Studio, first: Session) -> UI:
-    """Create the page (inside a ``gr.Blocks``) as the session ``first`` sees it; the components by name."""
-    ui = UI(session=gr.State(first))
-    _header(studio, first, ui)
-    with gr.Row():
-        with gr.Column(scale=3):
-            _samples(studio, first, ui)
-        with gr.Column(scale=2):
-            _painter_panel(ui)
-    _selections(ui)
-    _rule(studio, first, ui)
-    _results(studio, first, ui)
+    """Create the page (inside a ``gr.Blocks``) as the session ``first`` sees it; the components by name.
+
+    The paint tab shows for a spatial generator, the text tab for a diffusers pipeline (the other is
+    hidden, and loading another model swaps them); before / after, strength, undo and the files are shared."""
+    ui = UI(session=gr.State(first), text=gr.State(TextSession()))
+    texts = part_of(studio, TextStudio)
+    kind = texts.tab(first)
+    _header(studio, first, ui, kind)
+    with gr.Tabs(selected=kind) as tabs:
+        ui["tabs"] = tabs
+        with gr.Tab("Paint a rule", id=PAINT, visible=kind == PAINT, elem_id="paint-tab") as paint:
+            ui["paint_tab"] = paint
+            with gr.Row():
+                with gr.Column(scale=3):
+                    _samples(studio, first, ui, kind)
+                with gr.Column(scale=2):
+                    _painter_panel(ui)
+            _selections(ui)
+            _rule(studio, first, ui, kind)
+        with gr.Tab("Text rule", id=TEXT, visible=kind == TEXT, elem_id="text-tab") as text:
+            ui["text_tab"] = text
+            text_tab(ui, texts.default_size(first))
+    _results(studio, first, ui, kind)
     _files(studio, ui)
     return ui
 
 
-def _header(studio: Studio, first: Session, ui: UI) -> None:
+def _header(studio: Studio, first: Session, ui: UI, kind: str) -> None:
     gr.Markdown(INTRO)
     names = example_names()
     with gr.Row():
-        ui["model"] = gr.Textbox(value=first.model, label="Generator ('default' or a Hub id)", scale=3,
-                                 elem_id="model")
-        ui["load"] = gr.Button("Load generator", scale=1)
-        ui["examples"] = gr.Dropdown(names, label="Example rules", value=None, scale=2, visible=bool(names),
-                                     elem_id="examples")
-    gen = studio.generator(first)
-    ui["status"] = gr.Markdown(message(f"Ready: {gen.name}. Pick a sample to paint on."), elem_id="status")
+        ui["model"] = gr.Textbox(value=first.model, scale=3, elem_id="model",
+                                 label="Generator ('default', or the Hub id of a generator or a diffusers pipeline)")
+        ui["load"] = gr.Button("Load generator", scale=1, elem_id="load")
+        ui["examples"] = gr.Dropdown(names, label="Example rules", value=None, scale=2,
+                                     visible=bool(names) and kind == PAINT, elem_id="examples")
+    name = model_name(part_of(studio, TextStudio).model(first), first.model)
+    hint = "Type a rule in the text tab." if kind == TEXT else "Pick a sample to paint on."
+    ui["status"] = gr.Markdown(message(f"Ready: {name}. {hint}"), elem_id="status")
 
 
-def _samples(studio: Studio, first: Session, ui: UI) -> None:
-    ui["gallery"] = gr.Gallery(studio.files.convert(studio.gallery(first)), columns=6,
+def _samples(studio: Studio, first: Session, ui: UI, kind: str) -> None:
+    shown = studio.files.convert(studio.gallery(first)) if kind == PAINT else []
+    ui["gallery"] = gr.Gallery(shown, columns=6,
                                label="Samples (click one to paint on it)",
                                height="auto", format="png", allow_preview=False, elem_id="gallery")
     with gr.Row():
@@ -91,10 +111,11 @@ def _selections(ui: UI) -> None:
                                elem_id="paste")
 
 
-def _rule(studio: Studio, first: Session, ui: UI) -> None:
+def _rule(studio: Studio, first: Session, ui: UI, kind: str) -> None:
+    layers = studio.generator(first).layers() if kind == PAINT else []
     with gr.Row():
-        ui["layer"] = gr.Dropdown(studio.generator(first).layers(), value=studio.default_layer(first), label="Layer",
-                                  elem_id="layer")
+        ui["layer"] = gr.Dropdown(layers, value=studio.default_layer(first) if kind == PAINT else None,
+                                  label="Layer", elem_id="layer")
         ui["rank"] = gr.Slider(1, 8, value=1, step=1, label="Rank", elem_id="rank")
         ui["smoothness"] = gr.Slider(0.05, 5.0, value=DEFAULT_SMOOTHNESS, step=0.05, label="Smoothness",
                                      info="the paper's 1/λ: higher changes the model less")
@@ -108,8 +129,8 @@ def _rule(studio: Studio, first: Session, ui: UI) -> None:
         ui["rules"] = gr.Markdown(rules_text(first), elem_id="rules")
 
 
-def _results(studio: Studio, first: Session, ui: UI) -> None:
-    before, after = studio.files.convert(studio.before_after(first))
+def _results(studio: Studio, first: Session, ui: UI, kind: str) -> None:
+    before, after = studio.files.convert(studio.before_after(first)) if kind == PAINT else ([], [])
     with gr.Row():
         ui["strength"] = gr.Slider(0.0, MAX_STRENGTH, value=1.0, step=0.05, label="Strength", elem_id="strength")
         ui["undo"] = gr.Button("Undo", elem_id="undo")

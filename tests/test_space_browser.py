@@ -23,8 +23,9 @@ TIMEOUT_MS = 60_000
 
 
 @contextlib.contextmanager
-def space_page(space: Space) -> Iterator:  # noqa: F811
-    """A headless Chromium page on the Space, its gallery loaded; the browser is closed on exit."""
+def space_page(space: Space, ready: str = "#gallery .thumbnail-item img") -> Iterator:  # noqa: F811
+    """A headless Chromium page on the Space, once ``ready`` (default: the gallery) is shown; the browser
+    is closed on exit."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "install Debian's chromium (apt-get install -y chromium chromium-driver)"
@@ -33,7 +34,7 @@ def space_page(space: Space) -> Iterator:  # noqa: F811
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(space.url, wait_until="domcontentloaded")
-            page.wait_for_selector("#gallery .thumbnail-item img", timeout=TIMEOUT_MS)
+            page.wait_for_selector(ready, timeout=TIMEOUT_MS)
             yield page
         finally:
             browser.close()

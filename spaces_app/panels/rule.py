@@ -9,16 +9,19 @@ import gradio as gr
 
 from olam_edit.errors import RequestError, explain
 from olam_edit.spaces_app.binding import MODEL_EVENTS, UI, bind
+from olam_edit.spaces_app.checks import part_of
 from olam_edit.spaces_app.session import Session, history_text, rules_text
 from olam_edit.spaces_app.status import message
 from olam_edit.spaces_app.studio import Studio, check_strength, count_rules, describe
+from olam_edit.spaces_app.text_rules import TextSession
+from olam_edit.spaces_app.text_studio import TextStudio
 
 
 class RuleHandlers:
     """The rule panel's handlers (each returns its outputs by name)."""
 
     def __init__(self, studio: Studio) -> None:
-        self.studio = studio
+        self.studio, self.texts = studio, part_of(studio, TextStudio)
 
     def rewrite(self, session: Session, layer: str, rank: int, smoothness: float, ridge: float, strength: float,
                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> dict[str, Any]:  # noqa: B008 - Gradio's idiom
@@ -50,21 +53,22 @@ class RuleHandlers:
         session.rules = []
         return {"session": session, "rules": rules_text(session), "status": message("The rule list is cleared.")}
 
-    def set_strength(self, session: Session, strength: float) -> dict[str, Any]:
-        """Show the current edit at ``strength``; the session keeps its strength if that fails."""
+    def set_strength(self, session: Session, strength: float, text: TextSession | None = None) -> dict[str, Any]:
+        """Show the current edit (of either tab) at ``strength``; the session keeps its strength if that fails."""
         old, session.strength = session.strength, check_strength(strength)
         try:
-            after = self.studio.before_after(session)[1]
+            after = self.texts.compare(session, text)[1]
         except Exception:
             session.strength = old
             raise
         return {"session": session, "after": after, "status": message(f"Strength {session.strength:g}.")}
 
-    def undo(self, session: Session) -> dict[str, Any]:
+    def undo(self, session: Session, text: TextSession | None = None) -> dict[str, Any]:
+        """Go back to the edit before the current one (a joint edit of several rules goes back as a whole)."""
         if not session.history:
             raise RequestError(explain("there is nothing to undo"))
         gone = session.history.pop()
-        return {"session": session, "after": self.studio.before_after(session)[1], "history": history_text(session),
+        return {"session": session, "after": self.texts.compare(session, text)[1], "history": history_text(session),
                 "status": message(f"Undone: {gone.label}.")}
 
 
