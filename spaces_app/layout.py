@@ -11,6 +11,7 @@ from olam_edit.spaces_app.checks import part_of
 from olam_edit.spaces_app.layout_text import text_tab
 from olam_edit.spaces_app.painter import guard
 from olam_edit.spaces_app.pipelines import PAINT, TEXT, model_name
+from olam_edit.spaces_app.search import MAX_POOL, Found
 from olam_edit.spaces_app.session import Session, rules_text
 from olam_edit.spaces_app.settings import DISPLAY, MAX_STRENGTH
 from olam_edit.spaces_app.status import message
@@ -25,7 +26,7 @@ CSS = """
 
 INTRO = """# olam-edit: rewrite a rule of a generative model
 **Paint** (image generators): pick a sample, paint with the brush, and add the region as **context** (where the
-rule applies; add several), **copy** (what to copy) or **paste**
+rule applies; add several, or **Search** for the samples where it fires), **copy** (what to copy) or **paste**
 (where to put it). **Text** (diffusers pipelines): type a source and a destination prompt. Press **Rewrite**, or
 **Add rule to list** to collect several rules and **Rewrite all** to solve them as one edit; then compare before
 and after, change the strength, undo, download the edit, or publish it to the Hub.
@@ -40,7 +41,7 @@ def layout(studio: Studio, first: Session) -> UI:
 
     The paint tab shows for a spatial generator, the text tab for a diffusers pipeline (the other is
     hidden, and loading another model swaps them); before / after, strength, undo and the files are shared."""
-    ui = UI(session=gr.State(first), text=gr.State(TextSession()))
+    ui = UI(session=gr.State(first), text=gr.State(TextSession()), found=gr.State(Found()))
     texts = part_of(studio, TextStudio)
     kind = texts.tab(first)
     _header(studio, first, ui, kind)
@@ -54,6 +55,7 @@ def layout(studio: Studio, first: Session) -> UI:
                 with gr.Column(scale=2):
                     _painter_panel(ui)
             _selections(ui)
+            _search(ui)
             _rule(studio, first, ui, kind)
         with gr.Tab("Text rule", id=TEXT, visible=kind == TEXT, elem_id="text-tab") as text:
             ui["text_tab"] = text
@@ -109,6 +111,20 @@ def _selections(ui: UI) -> None:
         ui["copy"] = gr.Image(None, label="Copy", height=150, interactive=False, scale=1, format="png", elem_id="copy")
         ui["paste"] = gr.Image(None, label="Paste", height=150, interactive=False, scale=1, format="png",
                                elem_id="paste")
+
+
+def _search(ui: UI) -> None:
+    with gr.Accordion("Search: rank samples by where the rule fires (click one to add it to the context)",
+                      elem_id="search-panel"):
+        with gr.Row():
+            ui["pool"] = gr.Number(200, label="Samples to rank", precision=0, minimum=1, maximum=MAX_POOL,
+                                   elem_id="search-pool")
+            ui["search"] = gr.Button("Search", elem_id="search")
+            ui["prev_page"] = gr.Button("Previous page", size="sm", elem_id="search-prev")
+            ui["next_page"] = gr.Button("Next page", size="sm", elem_id="search-next")
+            ui["search_page"] = gr.Markdown("*No search yet.*", elem_id="search-page")
+        ui["found_gallery"] = gr.Gallery([], label="Top samples (click one to add it to the context)", columns=6,
+                                         height="auto", format="png", allow_preview=False, elem_id="search-results")
 
 
 def _rule(studio: Studio, first: Session, ui: UI, kind: str) -> None:

@@ -10,6 +10,7 @@ import gradio as gr
 from olam_edit.spaces_app.binding import MODEL_EVENTS, UI, bind
 from olam_edit.spaces_app.checks import part_of
 from olam_edit.spaces_app.pipelines import PAINT, TEXT, model_name
+from olam_edit.spaces_app.search import Found
 from olam_edit.spaces_app.session import Session, history_text, rules_text
 from olam_edit.spaces_app.status import message
 from olam_edit.spaces_app.studio import Studio, example_names
@@ -17,9 +18,9 @@ from olam_edit.spaces_app.text_rules import TextSession, rules_markdown
 from olam_edit.spaces_app.text_studio import TextStudio
 
 # everything a new model resets (the API returns the components among them in this order, status last)
-LOADED = ("session", "text", "gallery", "layer", "before", "after", "tray", "copy", "paste", "history",
+LOADED = ("session", "text", "found", "gallery", "layer", "before", "after", "tray", "copy", "paste", "history",
           "painter", "model", "strength", "heat", "rules", "examples", "tabs", "paint_tab", "text_tab",
-          "text_rules", "text_size", "status")
+          "found_gallery", "search_page", "text_rules", "text_size", "status")
 
 
 class ModelHandlers:
@@ -41,11 +42,11 @@ class ModelHandlers:
         before, after = self.texts.compare(session, text)
         name = model_name(self.texts.model(session), session.model)
         hint = "Type a rule in the text tab." if kind == TEXT else "Pick a sample to paint on."
-        return {"session": session, "text": text, **self._paint(session, kind), "before": before,
+        return {"session": session, "text": text, "found": Found(), **self._paint(session, kind), "before": before,
                 "after": after, "history": history_text(session), "model": session.model, "strength": 1.0,
                 "examples": gr.update(visible=bool(example_names()) and kind == PAINT, value=None),
                 "tabs": gr.Tabs(selected=kind), "paint_tab": gr.Tab(visible=kind == PAINT),
-                "text_tab": gr.Tab(visible=kind == TEXT),
+                "text_tab": gr.Tab(visible=kind == TEXT), "found_gallery": [], "search_page": "*No search yet.*",
                 "text_rules": rules_markdown(text), "text_size": self.texts.default_size(session),
                 "status": message(f"Loaded {name}. {hint}")}
 
