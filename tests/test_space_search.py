@@ -159,3 +159,14 @@ def test_search_and_add_a_result_in_chromium(space: Space, tmp_path: Path) -> No
     seed = picked.split("#")[1].split()[0]
     assert count == RESULTS and f"Added sample #{seed} to the context" in status
     assert shot.stat().st_size > 10_000
+
+
+def test_the_readme_search_example_runs(space: Space, capsys) -> None:  # noqa: F811
+    from readme_code import python_block_after
+
+    code = python_block_after("<!-- space-search-example -->").replace("http://127.0.0.1:7860/", space.url)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    out = capsys.readouterr().out
+    assert "✓ Ranked 200 samples; the rule fires most on #" in out and "'1. #" in out
+    assert "Page 2 of 17: samples ranked 13-24" in ns["status"]

@@ -328,3 +328,11 @@ def test_two_text_rules_and_undo_in_chromium(text_space: Space, tmp_path: Path) 
         undone, before = image_sources(page, "after"), image_sources(page, "before")
     assert "render 'a rose' as 'a blue rose'" in rules and "render 'a cat' as 'a big cat'" in rules
     assert "2 rules jointly" in history and len(after) == 6 and after != before and undone == before
+
+
+def test_the_readme_text_example_runs(text_space: Space, capsys) -> None:
+    from readme_code import python_block_after
+
+    code = python_block_after("<!-- space-text-example -->").replace("http://127.0.0.1:7860/", text_space.url)
+    exec(compile(code, "README.md", "exec"), {})
+    assert "✓ Rewritten: render 'a rose' as 'a blue rose' (14 layers" in capsys.readouterr().out
