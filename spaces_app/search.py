@@ -29,6 +29,7 @@ from olam_edit.rules.spatial.request import Selection
 from olam_edit.rules.spatial.rewriter import Rewriter
 from olam_edit.spaces_app.checks import whole
 from olam_edit.spaces_app.images import heat_weight, tint
+from olam_edit.spaces_app.pipelines import is_pipeline
 from olam_edit.spaces_app.session import Session
 from olam_edit.spaces_app.settings import COLORS, DISPLAY, HEAT_LOW
 from olam_edit.spaces_app.studio import Gallery, Studio, check_ridge
@@ -80,6 +81,10 @@ class Search:
 
     def directions(self, session: Session, layer: str, rank: int, ridge: float) -> tuple[str, Tensor]:
         """The layer and directions ``[r, in]`` of the session's rule: its context regions, else its edit."""
+        if is_pipeline(self.studio.generator(session)):
+            raise RequestError(explain("search ranks the samples of an image generator, and this model is a "
+                                       "diffusers pipeline", got=session.model,
+                                       fix="Load a generator ('default' or a Hub id) to search its samples."))
         if session.context:
             rw = self.studio.models.rewriter(session.model, layer, check_ridge(ridge))
             keys, weights = rw.context_keys(session.context)  # [n, in], [n]

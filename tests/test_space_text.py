@@ -155,6 +155,7 @@ def test_bad_text_input_is_one_clear_line(text_space: Space) -> None:
     refused(c.predict("edit", "a cat", "a big cat", api_name="/text_add_rule")[-1], "already listed")
     refused(c.predict(api_name="/download")[-1], "no edit to download")
     refused(c.predict(api_name="/undo")[-1], "nothing to undo")
+    refused(c.predict(layer=None, pool=8, api_name="/search")[-1], "this model is a diffusers pipeline")
 
 
 def test_erase_with_a_guide_and_an_upload_for_another_model(text_space: Space, tmp_path: Path) -> None:
