@@ -42,6 +42,7 @@ def build_app(generator: Any | None = None, settings: Settings | None = None, **
     limit_pil()  # PIL's decompression-bomb bound, explicitly the project's
     settings = settings or Settings.from_env(**options)
     studio = Studio(settings, generator if generator is not None else load_generator(settings.model))
+    gr.set_static_paths([studio.files.folder])  # its PNGs are served as they are, not copied per answer
     with gr.Blocks(title=TITLE) as demo:
         ui = layout(studio, Session(model=settings.model))
         wire(studio, ui)

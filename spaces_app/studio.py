@@ -30,7 +30,7 @@ from olam_edit.hub.repo import looks_like_repo_id
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.rules.spatial.request import EditRequest
 from olam_edit.spaces_app.generators import Models
-from olam_edit.spaces_app.images import ImageFiles, display, heat_weight, tint
+from olam_edit.spaces_app.images import ImageFiles, heat_weight, tint
 from olam_edit.spaces_app.masks import make_request
 from olam_edit.spaces_app.session import Session
 from olam_edit.spaces_app.settings import (
@@ -75,7 +75,7 @@ class Studio:
     def samples(self, session: Session, seeds: Sequence[int]) -> list[np.ndarray]:
         """Display images of ``seeds`` (each distinct seed rendered once, in batches)."""
         unique = sorted({int(s) for s in seeds})
-        shown = dict(zip(unique, display(self.generator(session).images(unique)), strict=True))
+        shown = dict(zip(unique, self.models.images(session.model, unique), strict=True))
         return [shown[int(s)] for s in seeds]
 
     def gallery(self, session: Session, heat: tuple[np.ndarray, float, float] | None = None) -> Gallery:
@@ -93,11 +93,7 @@ class Studio:
         """Held-out samples of the base model and with the session's edit at its strength."""
         seeds = self.compare_seeds(count)
         before = self.models.before(session.model, seeds)
-        edit = session.current
-        if edit is None:
-            after = before
-        else:
-            after = display(self.generator(session).images(seeds, edit, session.strength))
+        after = self.models.images(session.model, seeds, session.current, session.strength)
         caps = [f"#{s}" for s in seeds]
         return list(zip(before, caps, strict=True)), list(zip(after, caps, strict=True))
 
