@@ -136,6 +136,7 @@ def _options(pipe: Any, steps: int, size: int) -> dict[str, Any]:
     """The call options every render uses (those this pipeline's ``__call__`` takes)."""
     params = inspect.signature(type(pipe).__call__).parameters
     wanted = {"num_inference_steps": steps, "height": size, "width": size, "use_resolution_binning": False,
+              "clean_caption": False,  # as text rules encode prompts (PixArt / Sana; it would need bs4 and ftfy)
               "output_type": "pt" if getattr(pipe, "vae", None) is not None else "latent"}
     return {k: v for k, v in wanted.items() if k in params}
 

@@ -218,14 +218,15 @@ def test_a_text_rule_on_a_tiny_dit(tmp_path: Path) -> None:
     """PixArt-Sigma (a cross-attention DiT without a VAE: its latents are shown) through the handlers."""
     from tiny_dit import tiny_pixart
 
-    from olam_edit.spaces_app.app import build_app
     from olam_edit.spaces_app.panels.text import TextHandlers
     from olam_edit.spaces_app.pipelines import TEXT, render
     from olam_edit.spaces_app.session import Session
+    from olam_edit.spaces_app.settings import Settings
+    from olam_edit.spaces_app.studio import Studio
     from olam_edit.spaces_app.text_rules import TextSession
 
     pipe = tiny_pixart()
-    studio = build_app(pipe, model="tiny-pixart", cache_dir=str(tmp_path)).studio
+    studio = Studio(Settings(model="tiny-pixart", cache_dir=str(tmp_path)), pipe)
     h, session, text = TextHandlers(studio), Session(model="tiny-pixart"), TextSession()
     assert h.texts.tab(session) == TEXT and h.texts.default_size(session) == 64
     out = h.text_rewrite(session, text, "edit", "a rose", "a blue rose", "a dog", "", 2, 64, 1, 0.1, 1.0,
