@@ -22,6 +22,7 @@ from olam_edit.adapters import load_generator
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.memory.stats import SecondMoment
 from olam_edit.rules.spatial.rewriter import Rewriter
+from olam_edit.spaces_app import zerogpu
 from olam_edit.spaces_app.images import display
 from olam_edit.spaces_app.render import ChainRenderer, render_seeds
 from olam_edit.spaces_app.rewriters import SelectionKeys, SharedRewriter
@@ -51,6 +52,7 @@ class Models:
         self._renders: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()
         self._renderers: dict[str, tuple[ChainRenderer, Callable[[Tensor], Tensor]] | None] = {}
         self.keys = SelectionKeys()
+        zerogpu.register(self)  # its renders run on the GPU on ZeroGPU
         if first is not None:
             self._gens[settings.model] = first
 
@@ -114,7 +116,7 @@ class Models:
             if key in self._renders:
                 self._renders.move_to_end(key)
                 return self._renders[key]
-        shown = display(self.render(spec, list(seeds), edit, scale))
+        shown = zerogpu.call(self, "display", spec, list(seeds), edit, scale)
         for im in shown:
             im.flags.writeable = False  # shared by sessions (and its PNG file is reused, see ImageFiles)
         with self.lock:
@@ -122,6 +124,10 @@ class Models:
             while len(self._renders) > 1 and sum(im.nbytes for v in self._renders.values() for im in v) > RENDERS_BYTES:
                 self._renders.popitem(last=False)
         return shown
+
+    def display(self, spec: str, seeds: list[int], edit: Edit | None = None, scale: float = 1.0) -> list[np.ndarray]:
+        """Display images of a render (:meth:`render`): pure GPU-bound work, on ZeroGPU in the GPU worker."""
+        return display(self.render(spec, seeds, edit, scale))
 
     def render(self, spec: str, seeds: list[int], edit: Edit | None = None, scale: float = 1.0) -> Tensor:
         """``generator.images(seeds, edit, scale)`` ``[B, 3, H, W]``, without the model's lock for a chain model."""

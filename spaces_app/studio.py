@@ -28,7 +28,8 @@ from olam_edit.errors import (
 )
 from olam_edit.hub.repo import looks_like_repo_id
 from olam_edit.memory.directions import DEFAULT_RIDGE
-from olam_edit.rules.spatial.request import EditRequest
+from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.spaces_app import zerogpu
 from olam_edit.spaces_app.generators import Models
 from olam_edit.spaces_app.images import ImageFiles, heat_weight, tint
 from olam_edit.spaces_app.masks import make_request
@@ -55,9 +56,13 @@ class Studio:
         self.settings = settings
         self.models = Models(settings, generator)
         self.files = ImageFiles()
+        zerogpu.register(self)  # its solves and heatmaps run on the GPU on ZeroGPU
 
     def generator(self, session: Session) -> Any:
         return self.models.get(session.model)
+
+    def generator_of(self, spec: str) -> Any:
+        return self.models.get(spec)
 
     def default_layer(self, session: Session) -> str:
         """The layer the UI starts on: an example rule's layer for the default model, else a middle one."""
@@ -111,12 +116,20 @@ class Studio:
         """Solve the session's rule on ``layer`` and push the edit on its undo stack."""
         request = make_request(session, layer, rank)
         progress(0.1, "collecting key statistics (cached after the first time)")
-        rewriter = self.models.rewriter(session.model, layer, check_ridge(ridge))
+        self.models.rewriter(session.model, layer, check_ridge(ridge))
         progress(0.6, "solving the rewrite")
-        with model_lock(rewriter.generator.model):  # the solve reads the shared weights a preview swaps
-            edit = rewriter.rewrite(request, smoothness=float(smoothness))
+        edit = zerogpu.call(self, "solve", session.model, [request], float(smoothness), check_ridge(ridge))
         session.push(edit, describe(edit))
         return edit
+
+    def solve(self, spec: str, requests: list[EditRequest], smoothness: float, ridge: float) -> Edit:
+        """The edit of ``requests`` (one rule, or one layer's rules solved jointly) on the model ``spec``.
+
+        Pure GPU-bound work (no session, nothing changed but the shared caches): on ZeroGPU it runs in
+        the GPU worker (:mod:`olam_edit.spaces_app.zerogpu`)."""
+        rewriter = self.models.rewriter(spec, requests[0].layer, ridge)
+        with model_lock(rewriter.generator.model):  # the solve reads the shared weights a preview swaps
+            return rewriter.rewrite(list(requests), smoothness=smoothness)  # one rule: the same as rewrite(rule)
 
     def add_rule(self, session: Session, layer: str, rank: int) -> EditRequest:
         """List the session's selections as one more rule for :meth:`rewrite_all` and clear them (the
@@ -141,10 +154,9 @@ class Studio:
             raise RequestError(explain("there are no rules in the list yet",
                                        fix="Paint a rule (context, copy, paste) and press 'Add rule to list'."))
         progress(0.1, "collecting key statistics (cached after the first time)")
-        rewriter = self.models.rewriter(session.model, session.rules[0].layer, check_ridge(ridge))
+        self.models.rewriter(session.model, session.rules[0].layer, check_ridge(ridge))
         progress(0.6, f"solving {len(session.rules)} rules jointly")
-        with model_lock(rewriter.generator.model):  # the solve reads the shared weights a preview swaps
-            edit = rewriter.rewrite(list(session.rules), smoothness=float(smoothness))
+        edit = zerogpu.call(self, "solve", session.model, list(session.rules), float(smoothness), check_ridge(ridge))
         session.push(edit, f"{count_rules(len(session.rules))} jointly: {describe(edit)}")
         return edit
 
@@ -155,21 +167,29 @@ class Studio:
         Returns the scores ``[B, h, w]`` and two of their quantiles over the model's own samples: the
         reference's outline threshold (99.9th percentile) and a lower one (HEAT_LOW) where the tint starts.
         """
-        gen = self.generator(session)
-        if session.context:
-            rw = self.models.rewriter(session.model, layer, check_ridge(ridge))
-            keys, weights = rw.context_keys(session.context)  # [n, in], [n] (key capture takes the lock)
+        if not session.context and session.current is None:
+            raise RequestError(explain("there is no rule to show yet", fix="Add a context region, or rewrite first."))
+        edit = None if session.context else session.current
+        return zerogpu.call(self, "heat", session.model, session.seeds, list(session.context), edit, layer, int(rank),
+                            check_ridge(ridge) if session.context else DEFAULT_RIDGE)
+
+    def heat(self, spec: str, seeds: list[int], context: list[Selection], edit: Edit | None, layer: str, rank: int,
+             ridge: float) -> tuple[np.ndarray, float, float]:
+        """:meth:`heatmap`'s scores for ``seeds`` from the ``context`` selections, else from ``edit``'s first
+        layer. Pure GPU-bound work (see :meth:`solve`)."""
+        gen = self.generator_of(spec)
+        if context:
+            rw = self.models.rewriter(spec, layer, ridge)
+            keys, weights = rw.context_keys(context)  # [n, in], [n] (key capture takes the lock)
             if keys.shape[0] == 0:
                 raise EmptySelectionError(explain("the context regions are empty at this layer's resolution",
                                                   fix="Paint larger regions."))
-            D = context_directions(keys, weights, rw.C, int(rank), rw.ridge)  # [rank, in]
-        elif session.current is not None:
-            layer, delta = next(iter(session.current.deltas.items()))
-            rw, D = self.models.rewriter(session.model, layer), delta.directions
+            D = context_directions(keys, weights, rw.C, rank, rw.ridge)  # [rank, in]
         else:
-            raise RequestError(explain("there is no rule to show yet", fix="Add a context region, or rewrite first."))
+            layer, delta = next(iter(edit.deltas.items()))
+            rw, D = self.models.rewriter(spec, layer), delta.directions
         with model_lock(gen.model):  # one turn for both passes (the rewriter's quantile cache is shared)
-            heat = rw.context_heatmap(session.seeds, directions=D.to(torch.float64))
+            heat = rw.context_heatmap(seeds, directions=D.to(torch.float64))
             low = rw.score_quantile(D.to(torch.float64), HEAT_LOW)
         return heat.scores.numpy(), low, heat.threshold
 
