@@ -34,13 +34,17 @@ What it models:
   Xet on its own whenever ``hf_xet`` is installed, so ``hf_sandbox`` sets ``HF_HUB_DISABLE_XET``;
 * a repeated ``create_repo`` answers 409 with the repo's ``url`` in the body (``exist_ok=True``
   reads it);
+* Space settings: ``create_repo(repo_type="space")`` needs an ``sdk`` (gradio, streamlit, docker or
+  static) and keeps ``hardware``, ``variables`` and ``secrets`` (never shown); the variables API
+  (``GET|POST|DELETE /api/spaces/{id}/variables``), ``POST .../hardware`` and ``GET .../runtime``
+  (stage ``BUILDING``: nothing is ever built or run here) work as on the Hub, for Space repos only;
 * the error headers (``X-Error-Code``/``X-Error-Message``) that the client maps to
   ``RepositoryNotFoundError``, ``RevisionNotFoundError`` and ``RemoteEntryNotFoundError``;
 * bearer-token auth for every write; an invalid token is refused on every request;
 * a request log (``FakeHub.requests``, storage requests included), a log of stored LFS objects
   (``FakeHub.lfs_uploads``) and fault injection (``FakeHub.fail_next``).
 
-Not modelled: Xet storage, the LFS "multipart" transfer and the batch "download" operation,
+Not modelled: building or running Spaces (tests start a downloaded Space themselves), Xet storage, the LFS "multipart" transfer and the batch "download" operation,
 Hub-side YAML validation, namespace permissions, rate limits, gated repos, ``paths-info``, file
 copies between repos.
 
@@ -98,6 +102,8 @@ LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
 LFS_SPEC = "https://git-lfs.github.com/spec/v1"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # a Space variable's or secret's key
+SPACE_SDKS = ("gradio", "streamlit", "docker", "static")
 _OID_RE = re.compile(r"[0-9a-f]{40}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _PR_REF_RE = re.compile(r"refs/pr/(\d+)")
@@ -330,6 +336,10 @@ class Repo:
     pr_heads: dict[int, str] = field(default_factory=dict)
     discussions: dict[int, Discussion] = field(default_factory=dict)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content, committed or not
+    sdk: str | None = None  # Space repos: the SDK, and the settings the Space runs with
+    hardware: str | None = None  # the requested hardware flavor (None: the free default)
+    variables: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> {value, description, updatedAt}
+    secrets: dict[str, str] = field(default_factory=dict)  # key -> value (the API never shows them)
 
     @property
     def url_path(self) -> str:
@@ -1065,6 +1075,11 @@ class FakeHub:
             ("GET", "discussions"): self._api_discussion,
             ("GET", "xet-write-token"): self._api_no_xet,
             ("GET", "xet-read-token"): self._api_no_xet,
+            ("GET", "variables"): self._api_space_variables,
+            ("POST", "variables"): self._api_space_variables,
+            ("DELETE", "variables"): self._api_space_variables,
+            ("POST", "hardware"): self._api_space_hardware,
+            ("GET", "runtime"): self._api_space_runtime,
         }
         route = routes.get((request.method, rest[0] if rest else ""))
         if route is None:
@@ -1157,7 +1172,10 @@ class FakeHub:
         if repo_type not in URL_PREFIXES:
             raise HubError(400, f"Invalid repo type: {repo_type!r}")
         private = payload.get("visibility") == "private" or payload.get("private") is True
+        settings = _space_settings(payload) if repo_type == "space" else {}
         repo = self._create_repo(repo_type, f"{namespace}/{name}", private, user)
+        for key, value in settings.items():
+            setattr(repo, key, value)
         url = f"{self.endpoint}/{repo.url_path}"
         return _json_response({"url": url, "name": repo.repo_id, "id": repo.repo_id})
 
@@ -1218,6 +1236,8 @@ class FakeHub:
         }
         if repo_type == "model":
             info["modelId"] = repo_id
+        if repo_type == "space":
+            info.update(sdk=repo.sdk, runtime=_runtime(repo))
         return _json_response(info)
 
     def _api_tree(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
@@ -1471,6 +1491,40 @@ class FakeHub:
 
     # ------------------------------------------------------------- git LFS
 
+    # ------------------------------------------------------------ Space settings
+
+    def _space(self, request: _Request, repo_type: str, repo_id: str, *, write: bool) -> Repo:
+        """The Space repo ``repo_id``; other repo types have no Space settings (404, as on the Hub)."""
+        if repo_type != "space":
+            raise HubError(404, f"Not found: {request.method} {request.path}")
+        return self._find_repo(request, repo_type, repo_id, write=write)
+
+    def _api_space_variables(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``GET|POST|DELETE /api/spaces/{id}/variables``: list, add (``{key, value, description?}``) or
+        delete (``{key}``) a variable; every answer is the variables by key."""
+        repo = self._space(request, repo_type, repo_id, write=request.method != "GET")
+        if request.method != "GET":
+            payload = request.json()
+            key = _variable_key(payload.get("key"))
+            if request.method == "DELETE":
+                repo.variables.pop(key, None)
+            else:
+                repo.variables[key] = _variable(payload)
+        return _json_response({k: dict(v) for k, v in repo.variables.items()})
+
+    def _api_space_hardware(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``POST /api/spaces/{id}/hardware`` ``{flavor, sleepTimeSeconds?}``: request a hardware flavor."""
+        repo = self._space(request, repo_type, repo_id, write=True)
+        flavor = request.json().get("flavor")
+        if not isinstance(flavor, str) or not _NAME_RE.fullmatch(flavor):
+            raise HubError(400, f"Invalid hardware flavor: {flavor!r}")
+        repo.hardware = flavor
+        return _json_response(_runtime(repo))
+
+    def _api_space_runtime(self, request: _Request, repo_type: str, repo_id: str, rest: list[str]) -> _Response:
+        """``GET /api/spaces/{id}/runtime``: the stage and the hardware asked for."""
+        return _json_response(_runtime(self._space(request, repo_type, repo_id, write=False)))
+
     def _resolve_operations(self, repo: Repo, operations: list[_Operation]) -> list[_Operation]:
         """Turn each ``lfsFile`` into a ``file`` holding the uploaded object; refuse what the Hub refuses.
 
@@ -1648,6 +1702,43 @@ class FakeHub:
         if range_header is None:
             return _Response(200, b"" if request.method == "HEAD" else data, headers)
         return _range_response(request, data, range_header, headers)
+
+
+def _space_settings(payload: dict[str, Any]) -> dict[str, Any]:
+    """The Repo fields of a new Space from the create payload: ``sdk`` is required (400 otherwise), as are
+    well-formed ``hardware``, ``variables`` and ``secrets`` when given."""
+    sdk = payload.get("sdk")
+    if sdk not in SPACE_SDKS:
+        raise HubError(400, f"Invalid or missing sdk for a Space: {sdk!r} (expected one of {', '.join(SPACE_SDKS)})")
+    hardware = payload.get("hardware")
+    if hardware is not None and (not isinstance(hardware, str) or not _NAME_RE.fullmatch(hardware)):
+        raise HubError(400, f"Invalid hardware flavor: {hardware!r}")
+    lists = {name: payload.get(name) or [] for name in ("variables", "secrets")}
+    if not all(isinstance(v, list) and all(isinstance(i, dict) for i in v) for v in lists.values()):
+        raise HubError(400, "variables and secrets must be lists of {key, value} objects")
+    variables = {_variable_key(v.get("key")): _variable(v) for v in lists["variables"]}
+    secrets = {_variable_key(v.get("key")): _variable(v)["value"] for v in lists["secrets"]}
+    return {"sdk": sdk, "hardware": hardware, "variables": variables, "secrets": secrets}
+
+
+def _variable_key(key: Any) -> str:
+    if not isinstance(key, str) or not _VARIABLE_RE.fullmatch(key):
+        raise HubError(400, f"Invalid variable key: {key!r}")
+    return key
+
+
+def _variable(payload: dict[str, Any]) -> dict[str, str]:
+    """A stored variable ``{value, updatedAt[, description]}`` from ``{key, value, description?}``."""
+    value, description = payload.get("value"), payload.get("description")
+    if not isinstance(value, str) or (description is not None and not isinstance(description, str)):
+        raise HubError(400, "a variable's value (and description) must be strings")
+    return {"value": value, "updatedAt": _now_iso(), **({"description": description} if description else {})}
+
+
+def _runtime(repo: Repo) -> dict[str, Any]:
+    """A Space's runtime as ``GET /api/spaces/{id}/runtime`` answers it (never built here)."""
+    return {"stage": "BUILDING", "hardware": {"current": None, "requested": repo.hardware}, "storage": None,
+            "gcTimeout": None, "replicas": {"current": 0, "requested": 1}, "devMode": False}
 
 
 def _object_error(oid: Any, size: int, code: int, message: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from olam_edit.errors import OlamEditError
 
 #: The command modules, in the order ``olam-edit --help`` lists them. A new command group is one
 #: module in this folder with :func:`~olam_edit.cli.common.command`-marked functions, added here.
-MODULES = ("stats", "bench", "convert", "demo", "evaluate", "hub", "lora", "rewrite", "merge")
+MODULES = ("stats", "bench", "convert", "demo", "evaluate", "hub", "lora", "rewrite", "merge", "space")
 
 
 def build_parser() -> argparse.ArgumentParser:
