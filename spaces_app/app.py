@@ -50,10 +50,35 @@ def build_app(generator: Any | None = None, settings: Settings | None = None, **
     return demo
 
 
+CONCURRENCY = 8  # requests that run at once by default
+
+
+def concurrency() -> int:
+    """Requests that run at once (``$OLAM_EDIT_CONCURRENCY``, default 8): the face model renders without
+    its lock, so visitors' requests share the cores (a quick one is not stuck behind a slow one) instead
+    of queueing behind one another; a model that renders under its lock takes them in turn anyway."""
+    value = os.environ.get("OLAM_EDIT_CONCURRENCY")
+    return max(1, int(value)) if value else CONCURRENCY
+
+
+def torch_threads(running: int) -> int:
+    """Intra-op threads of each request (``$OLAM_EDIT_THREADS``, else the cores shared among the
+    ``running`` requests): more threads than cores only adds contention."""
+    value = os.environ.get("OLAM_EDIT_THREADS")
+    return max(1, int(value)) if value else max(1, (os.cpu_count() or 1) // running)
+
+
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **kwargs: Any) -> Any:
-    """Queue (bounded) and launch ``demo`` on ``host``:``port``; ``kwargs`` go to ``Blocks.launch``."""
+    """Queue (bounded) and launch ``demo`` on ``host``:``port``; ``kwargs`` go to ``Blocks.launch``.
+
+    Up to :func:`concurrency` requests run at once, each on :func:`torch_threads` intra-op threads
+    (torch's setting is per process: this is a server's)."""
+    import torch
+
     settings: Settings = demo.studio.settings
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=2)
+    running = concurrency()
+    torch.set_num_threads(torch_threads(running))
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=running)
     max_file = int(4 * settings.max_upload_mb * 2**20)  # Gradio refuses larger files outright
     return demo.launch(server_name=host, server_port=port, max_file_size=max_file, ssr_mode=False, css=CSS,
                        show_error=False, **kwargs)

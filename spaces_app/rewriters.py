@@ -116,8 +116,10 @@ _RECIPES: IdMemo[RecipeSelection] = IdMemo()
 
 def recipe_ready(request: EditRequest) -> EditRequest:
     """``request`` with its selections as :class:`RecipeSelection` (the same rule, cheaper to record)."""
+    more = {"pairs": [(RecipeSelection.of(c), RecipeSelection.of(p)) for c, p in request.pairs]} \
+        if getattr(request, "pairs", None) else {}  # further (copy, paste) examples of the rule
     return replace(request, copy=RecipeSelection.of(request.copy), paste=RecipeSelection.of(request.paste),
-                   context=[RecipeSelection.of(s) for s in request.context])
+                   context=[RecipeSelection.of(s) for s in request.context], **more)
 
 
 class SharedRewriter(Rewriter):
@@ -157,10 +159,11 @@ class SharedRewriter(Rewriter):
         return torch.cat([k for k, _ in parts]), torch.cat([w for _, w in parts])  # [n, in], [n]
 
     def directions(self, request: EditRequest, rule: Any = None) -> Tensor:
-        """As :meth:`Rewriter.directions`, remembered per rule (its context, or its paste region when it
-        has none, and its rank)."""
-        sels: Sequence[Selection] = request.context or [request.paste]
-        key = (request.rank, bool(request.context), *(selection_key(s) for s in sels))
+        """As :meth:`Rewriter.directions`, remembered per rule (its rank, its context or, without one, its
+        paste region, and any further examples it has)."""
+        pairs = [s for pair in getattr(request, "pairs", None) or [] for s in pair]
+        sels: Sequence[Selection] = [*(request.context or [request.paste]), *pairs]
+        key = (request.rank, bool(request.context), len(pairs), *(selection_key(s) for s in sels))
         with self._directions_lock:
             if key in self.directions_cache:
                 self.directions_cache.move_to_end(key)
