@@ -59,7 +59,7 @@ def gpu_calls(monkeypatch, request) -> list[str]:
 def session_with_example() -> Session:
     session = Session()
     request, _ = example("add_sunglasses")
-    session.context, session.copy, session.paste = list(request.context), request.copy, request.paste
+    session.context, session.copy, session.paste = list(request.context[:24]), request.copy, request.paste
     return session
 
 
