@@ -44,9 +44,9 @@ What it models:
 * a request log (``FakeHub.requests``, storage requests included), a log of stored LFS objects
   (``FakeHub.lfs_uploads``) and fault injection (``FakeHub.fail_next``).
 
-Not modelled: building or running Spaces (tests start a downloaded Space themselves), Xet storage, the LFS "multipart" transfer and the batch "download" operation,
-Hub-side YAML validation, namespace permissions, rate limits, gated repos, ``paths-info``, file
-copies between repos.
+Not modelled: building or running Spaces (tests start a downloaded Space themselves), Xet storage,
+the LFS "multipart" transfer and the batch "download" operation, Hub-side YAML validation, namespace
+permissions, rate limits, gated repos, ``paths-info``, file copies between repos.
 
 Importing this module has no side effects: the server starts only when asked to. Register the
 fixtures with ``pytest_plugins = ["hub_server"]`` (tests/ must be on ``sys.path``, as with pytest's
