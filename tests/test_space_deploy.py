@@ -226,3 +226,10 @@ def test_the_local_hub_answers_the_space_settings_api_as_the_hub_does(hf_env) ->
     api.create_repo("test-user/m")
     with pytest.raises(HfHubHTTPError):  # only Spaces have variables
         api.get_space_variables("test-user/m")
+
+
+def test_a_private_space_is_private_and_the_command_says_what_its_build_needs(hf_env, tmp_path, capsys) -> None:
+    code, out, err = deploy(capsys, "olam-private", "--private", "--wheel", str(tiny_wheel(tmp_path)))
+    assert code == 0, err
+    assert hf_env.repo("test-user/olam-private", repo_type="space").private  # a bare name: the token's user
+    assert "private Space refuses" in out and "/spaces/test-user/olam-private" in out
