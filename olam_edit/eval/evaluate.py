@@ -271,11 +271,11 @@ def _steps(steps: dict[str, int]) -> dict[str, int]:
 def _baselines(generator: Generator, rw: Rewriter, request: EditRequest, steps: dict[str, int], progress: bool,
                hooks: Callable[[str], StepHook | None] | None = None) -> dict[str, nn.Module]:
     n = _steps(steps)
-    rule = rw.rule_tensors(request)
+    _, rules = rw.example_tensors(request)  # every copy / paste example: the baselines fit what the rewrite fits
     hook: Callable[[str], StepHook | None] = hooks or (lambda _name: None)
-    return {"finetune_layer": finetune_layer(rw, rule, n["finetune_layer"], progress, on_step=hook("finetune_layer"),
+    return {"finetune_layer": finetune_layer(rw, rules, n["finetune_layer"], progress, on_step=hook("finetune_layer"),
                                              desc="baseline 1/2: finetune_layer"),
-            "finetune_all": finetune_all(generator, rw, request, rule, n["finetune_all"], progress,
+            "finetune_all": finetune_all(generator, rw, request, rules, n["finetune_all"], progress,
                                          on_step=hook("finetune_all"), desc="baseline 2/2: finetune_all")}
 
 
@@ -286,9 +286,11 @@ def _relative_adam(params: list[Tensor], lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(groups)
 
 
-def finetune_layer(rw: Rewriter, rule: RuleTensors, steps: int = DEFAULT_STEPS, progress: bool = True,
-                   lr: float = 0.05, on_step: StepHook | None = None, desc: str = "finetune_layer") -> nn.Module:
-    """The reference's full-rank insert: Adam on the whole layer, L1 on the fit box, no projection.
+def finetune_layer(rw: Rewriter, rule: RuleTensors | Sequence[RuleTensors], steps: int = DEFAULT_STEPS,
+                   progress: bool = True, lr: float = 0.05, on_step: StepHook | None = None,
+                   desc: str = "finetune_layer") -> nn.Module:
+    """The reference's full-rank insert: Adam on the whole layer, L1 on the fit box (of every copy /
+    paste example when given several), no projection.
 
     ``on_step(steps_done, model)`` runs after every step (the model is the copy being trained).
     """
@@ -298,7 +300,10 @@ def finetune_layer(rw: Rewriter, rule: RuleTensors, steps: int = DEFAULT_STEPS, 
     h = get_handle(model, rw.layer)
     p = h.parameter
     opt = _relative_adam([p], lr)
-    x, v_star, m = rule.x_paste.to(p.dtype), rule.v_star.to(p.dtype), rule.fit_mask.to(p.dtype)
+    rules = [rule] if isinstance(rule, RuleTensors) else list(rule)
+    x = torch.cat([r.x_paste for r in rules]).to(p.dtype)  # [E, in, h, w]
+    v_star = torch.cat([r.v_star for r in rules]).to(p.dtype)  # [E, out, H, W]
+    m = torch.cat([r.fit_mask for r in rules]).to(p.dtype)  # [E, H, W]
     for i in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
         opt.zero_grad()
         loss = ((h.linear_op(x, h.effective_weight()) - v_star).abs() * m[:, None]).sum() / (m.sum() * v_star.shape[1])
@@ -309,32 +314,37 @@ def finetune_layer(rw: Rewriter, rule: RuleTensors, steps: int = DEFAULT_STEPS, 
     return model.eval()
 
 
-def goal_image(generator: Generator, rw: Rewriter, request: EditRequest, rule: RuleTensors) -> Tensor:
-    """The paste sample rendered with its layer output replaced by the target values (the "goal")."""
+def goal_image(generator: Generator, rw: Rewriter, request: EditRequest | int, rule: RuleTensors) -> Tensor:
+    """The paste sample (``request``'s, or the seed given) rendered with its layer output replaced by
+    the target values (the "goal")."""
+    seed = request if isinstance(request, int) else request.paste.seed
     h = rw.handle
     v0 = h.values_of(rule.x_paste.to(h.parameter.dtype))
     delta = (rule.v_star.to(v0.dtype) - v0)  # [1, out, H, W] what the target adds to the layer output
     hook = h.module.register_forward_hook(lambda _m, _a, out: out + delta.to(out.dtype))
     try:
         with torch.no_grad():
-            return generator.model(generator.latents([request.paste.seed])).clamp(-1, 1)
+            return generator.model(generator.latents([seed])).clamp(-1, 1)
     finally:
         hook.remove()
 
 
-def finetune_all(generator: Generator, rw: Rewriter, request: EditRequest, rule: RuleTensors,
+def finetune_all(generator: Generator, rw: Rewriter, request: EditRequest, rule: RuleTensors | Sequence[RuleTensors],
                  steps: int = DEFAULT_STEPS, progress: bool = True, lr: float = 0.01, on_step: StepHook | None = None,
                  desc: str = "finetune_all") -> nn.Module:
-    """The reference's "overfit": every weight, Adam, L1 to the goal image inside the paste box.
+    """The reference's "overfit": every weight, Adam, L1 to the goal image inside the paste box (of
+    every copy / paste example when given several: ``rule`` then follows ``request.examples``).
 
     The reference adds 0.01 x a VGG16 feature loss; no VGG weights exist offline, so it is L1 only.
     ``on_step(steps_done, model)`` runs after every step.
     """
-    goal = goal_image(generator, rw, request, rule)  # [1, 3, H, W]
-    box = _image_box(rule, goal.shape[-2:], rule.v_star.shape[-2:]).to(goal.device)
+    rules = [rule] if isinstance(rule, RuleTensors) else list(rule)
+    seeds = [paste.seed for _, paste in request.examples][: len(rules)]
+    goal = torch.cat([goal_image(generator, rw, s, r) for s, r in zip(seeds, rules, strict=True)])  # [E, 3, H, W]
+    box = torch.cat([_image_box(r, goal.shape[-2:], r.v_star.shape[-2:]) for r in rules]).to(goal.device)
     model = copy.deepcopy(generator.model).train(False)
     opt = _relative_adam([p for p in model.parameters() if p.requires_grad], lr)
-    z = generator.latents([request.paste.seed])
+    z = generator.latents(seeds)
     for i in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
         opt.zero_grad()
         loss = ((model(z) - goal).abs() * box).sum() / (box.sum() * 3)

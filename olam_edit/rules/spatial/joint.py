@@ -54,8 +54,17 @@ def as_requests(requests: EditRequest | Sequence[EditRequest], layer: str) -> li
     return reqs
 
 
+def check_examples(reqs: Sequence[EditRequest]) -> None:
+    """RequestError when the rules hold more copy / paste examples together than one stacked solve takes."""
+    n = sum(len(r.examples) for r in reqs)
+    if n > MAX_JOINT_RULES:
+        raise RequestError(explain("too many copy / paste examples for one joint solve", got=n,
+                                   expected=f"at most {MAX_JOINT_RULES} over all the rules",
+                                   fix="Use fewer pairs, or solve the rules in groups and merge."))
+
+
 def joint_problem(handle: LayerHandle, x: Tensor, rules: Sequence[RuleTensors]) -> Problem:
-    """The stacked problem: key maps ``x`` ``[N, in, h, w]`` (one paste sample per rule, as captured),
+    """The stacked problem: key maps ``x`` ``[N, in, h, w]`` (one paste sample per example, as captured),
     targets and fit masks stacked, each rule's mask scaled by a_i (see the module docstring)."""
     if len(rules) == 1:
         r = rules[0]

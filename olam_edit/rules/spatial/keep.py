@@ -56,9 +56,10 @@ def kept_keys(rw: Rewriter, edits: Sequence[Any]) -> Tensor:
         for request, method in requests_of(check_kept(rw, edit).manifest.get("recipe")):
             if request.layer != rw.layer:
                 continue
-            rule = rw.rule_tensors(request)
-            keys = rule.context_keys if method == "erase" else keys_feeding(rw.handle, rule.x_paste, rule.fit_mask)
-            parts.append(keys.to(torch.float64).cpu())
+            _, rules = rw.example_tensors(request)
+            for rule in rules[:1] if method == "erase" else rules:  # an erase's keys are its context's
+                keys = rule.context_keys if method == "erase" else keys_feeding(rw.handle, rule.x_paste, rule.fit_mask)
+                parts.append(keys.to(torch.float64).cpu())
     return torch.cat(parts)  # [m, in]
 
 

@@ -2,7 +2,8 @@
 
 A Selection is a sample (its seed) plus a soft mask in [0, 1] at any resolution. A request names the
 layer, the rank, the context selections (where the rule applies), and one copy and one paste
-selection (what to put there, and where to show it).
+selection (what to put there, and where to show it); ``pairs`` adds further copy / paste examples
+of the same rule, and the rewrite fits its target on all of them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PNG_PREFIX = "data:image/png;base64,"
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds below 2**64
 MAX_RANK = 4096  # a sanity bound of the JSON form; the Rewriter caps the rank by the layer and the context
 MAX_SELECTIONS = 1000  # context selections in one request
+MAX_PAIRS = 63  # further copy / paste examples of one rule (64 examples in all)
 MAX_MASK_PIXELS = MAX_IMAGE_PIXELS  # 4096 x 4096 = 16.7 MP per mask, checked before decoding
 MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS  # all masks of one request together (float64: at most 268 MB)
 MAX_DATA_URL = 4 * MAX_JSON_BYTES // 3 + 64  # characters of one base64 data URL (a PNG of at most 16 MB)
@@ -164,6 +166,7 @@ class EditRequest:
     model: str | None = None
     name: str = ""
     description: str = ""
+    pairs: list[tuple[Selection, Selection]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         E = RequestError
@@ -177,23 +180,37 @@ class EditRequest:
         V.text(self.description, E, where="the request's description", allow_empty=True)
         if not isinstance(self.context, list) or len(self.context) > MAX_SELECTIONS:
             raise V.fail(E, "the request's context", self.context, f"a list of at most {MAX_SELECTIONS} selections")
-        sels = [self.copy, self.paste, *self.context]
+        if not isinstance(self.pairs, list) or len(self.pairs) > MAX_PAIRS or not all(
+                isinstance(p, tuple | list) and len(p) == 2 for p in self.pairs):
+            raise V.fail(E, "the request's pairs", self.pairs, f"a list of at most {MAX_PAIRS} (copy, paste) pairs")
+        self.pairs = [(c, p) for c, p in self.pairs]
+        sels = [self.copy, self.paste, *self.context, *(s for pair in self.pairs for s in pair)]
         if not all(isinstance(s, Selection) for s in sels):
-            raise E(explain("copy, paste and context must be Selections", fix="Build them with Selection(seed, mask)."))
+            raise E(explain("copy, paste, context and pairs must be Selections",
+                            fix="Build them with Selection(seed, mask)."))
         pixels = sum(s.mask.size for s in sels)
         if pixels > MAX_REQUEST_PIXELS:
             raise E(explain("the request's masks are too large together", got=f"{pixels} pixels",
                             expected=f"at most {MAX_REQUEST_PIXELS}", fix="Downscale the masks (e.g. to 256 x 256)."))
 
     @property
+    def examples(self) -> list[tuple[Selection, Selection]]:
+        """Every (copy, paste) example of the rule: the request's own first, then ``pairs``."""
+        return [(self.copy, self.paste), *self.pairs]
+
+    @property
     def seeds(self) -> list[int]:
         """Every seed the request uses (held-out evaluations must avoid them)."""
-        return sorted({self.copy.seed, self.paste.seed, *(s.seed for s in self.context)})
+        return sorted({s.seed for pair in self.examples for s in pair} | {s.seed for s in self.context})
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "rank": self.rank, "model": self.model, "name": self.name,
-                "description": self.description, "copy": self.copy.to_json(), "paste": self.paste.to_json(),
-                "context": [s.to_json() for s in self.context]}
+        """The JSON form (``pairs`` only when there are any, so a one-example request reads as before)."""
+        out = {"layer": self.layer, "rank": self.rank, "model": self.model, "name": self.name,
+               "description": self.description, "copy": self.copy.to_json(), "paste": self.paste.to_json(),
+               "context": [s.to_json() for s in self.context]}
+        if self.pairs:
+            out["pairs"] = [{"copy": c.to_json(), "paste": p.to_json()} for c, p in self.pairs]
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> EditRequest:
@@ -217,16 +234,22 @@ class EditRequest:
         context = V.field(obj, "context", (list, type(None)), E, where="request", required=False) or []
         if len(context) > MAX_SELECTIONS:
             raise V.fail(E, "request.context", context, f"at most {MAX_SELECTIONS} selections")
+        pairs = V.field(obj, "pairs", (list, type(None)), E, where="request", required=False) or []
+        if len(pairs) > MAX_PAIRS or not all(isinstance(p, dict) and {"copy", "paste"} <= set(p) for p in pairs):
+            raise V.fail(E, "request.pairs", pairs, f"at most {MAX_PAIRS} objects with copy and paste")
         sels, pixels = [], 0
+        pair_items = [(f"request.pairs[{i}].{k}", p[k]) for i, p in enumerate(pairs) for k in ("copy", "paste")]
         for where, item in [("request.copy", obj["copy"]), ("request.paste", obj["paste"]),
-                            *((f"request.context[{i}]", c) for i, c in enumerate(context))]:
+                            *((f"request.context[{i}]", c) for i, c in enumerate(context)), *pair_items]:
             sels.append(Selection.from_json(item, where))
             pixels += sels[-1].mask.size
             if pixels > MAX_REQUEST_PIXELS:
                 raise E(explain("the request's masks are too large together", got=f"more than {pixels} pixels",
                                 expected=f"at most {MAX_REQUEST_PIXELS}", fix="Downscale the masks."))
-        return cls(layer=layer, copy=sels[0], paste=sels[1], context=sels[2:], rank=rank, model=model,
-                   name=name, description=description)
+        n = 2 + len(context)
+        extra = [(sels[n + 2 * i], sels[n + 2 * i + 1]) for i in range(len(pairs))]
+        return cls(layer=layer, copy=sels[0], paste=sels[1], context=sels[2:n], rank=rank, model=model,
+                   name=name, description=description, pairs=extra)
 
     def save(self, path: str | Path) -> Path:
         from olam_edit.files.atomic import atomic_write_bytes

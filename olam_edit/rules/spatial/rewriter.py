@@ -33,6 +33,7 @@ from olam_edit.rules.generator import Generator, check_generator
 from olam_edit.rules.registry import make_recipe
 from olam_edit.rules.spatial.joint import (
     as_requests,
+    check_examples,
     joint_directions,
     joint_problem,
     joint_recipe_fields,
@@ -108,7 +109,8 @@ class Rewriter:
                                        expected=self.generator.name, fix="Load that model (--model)."))
 
     def rule_tensors(self, request: EditRequest, paste: tuple[Tensor, Tensor] | None = None) -> RuleTensors:
-        """Keys, target values, fit mask and context keys for ``request`` (:mod:`olam_edit.rules.spatial.tensors`).
+        """Keys, target values, fit mask and context keys for ``request`` (:mod:`olam_edit.rules.spatial.tensors`),
+        from its first copy / paste example (:meth:`example_tensors` gives every example's).
 
         ``paste``: the paste sample's key and value maps when already captured (a joint solve captures
         every rule's paste sample in one forward)."""
@@ -116,14 +118,33 @@ class Rewriter:
         gen = self.generator
         x_p, v_p = paste or gen.keys_and_values(self.layer, gen.latents([request.paste.seed]))
         _, v_c = gen.keys_and_values(self.layer, gen.latents([request.copy.seed]))
+        keys, weights = self._context_keys(request, x_p)
+        return self._pair_tensors(request.copy, request.paste, x_p, v_p, v_c, keys, weights)
+
+    def example_tensors(self, request: EditRequest) -> tuple[Tensor, list[RuleTensors]]:
+        """The paste samples' key maps ``[E, in, h, w]`` and the tensors of each of the request's ``E``
+        copy / paste examples (the first is :meth:`rule_tensors`), all sharing its context keys."""
+        if not request.pairs:
+            rule = self.rule_tensors(request)
+            return rule.x_paste, [rule]
+        self._check(request)
+        gen, examples = self.generator, request.examples
+        x, v = gen.keys_and_values(self.layer, gen.latents([p.seed for _, p in examples]))  # [E, in, h, w], [E, ...]
+        _, v_c = gen.keys_and_values(self.layer, gen.latents([c.seed for c, _ in examples]))
+        keys, weights = self._context_keys(request, x[:1])
+        return x, [self._pair_tensors(c, p, x[i : i + 1], v[i : i + 1], v_c[i : i + 1], keys, weights)
+                   for i, (c, p) in enumerate(examples)]
+
+    def _pair_tensors(self, copy: Selection, paste: Selection, x_p: Tensor, v_p: Tensor, v_c: Tensor, keys: Tensor,
+                      weights: Tensor) -> RuleTensors:
+        """One copy / paste example's tensors, from its captured maps and the rule's context keys."""
         grid = (v_p.shape[-2], v_p.shape[-1])  # the value grid (h, w)
-        copy_m = resize_mask(request.copy.mask, grid).to(v_p.device)
-        paste_m = resize_mask(request.paste.mask, grid).to(v_p.device)
+        copy_m = resize_mask(copy.mask, grid).to(v_p.device)
+        paste_m = resize_mask(paste.mask, grid).to(v_p.device)
         v_star, cbox, pbox, alpha = composite(v_p.double(), v_c.double(), copy_m, paste_m)
         fbox = round_to_key_grid(pbox, self.handle.value_ratio, grid)
         fit = torch.zeros(1, *grid, dtype=torch.float64, device=v_p.device)
         fit[0, fbox.y0 : fbox.y1, fbox.x0 : fbox.x1] = 1
-        keys, weights = self._context_keys(request, x_p)
         return RuleTensors(x_p.double(), v_star, fit, keys, weights, cbox, pbox, fbox, alpha)
 
     def _context_keys(self, request: EditRequest, x_paste: Tensor, batch: int = 50) -> tuple[Tensor, Tensor]:
@@ -162,15 +183,15 @@ class Rewriter:
             self._free = (free_basis(torch.cat([kept, named]), self.handle.key_dim), int(kept.shape[0]) + count)
         return self._free
 
-    def rules_tensors(self, requests: Sequence[EditRequest]) -> tuple[Tensor, list[RuleTensors]]:
-        """The paste samples' key maps ``[N, in, h, w]`` (one forward) and each rule's tensors."""
-        if len(requests) == 1:
-            rule = self.rule_tensors(requests[0])
-            return rule.x_paste, [rule]
+    def rules_tensors(self, requests: Sequence[EditRequest]) -> tuple[Tensor, list[list[RuleTensors]]]:
+        """The paste samples' key maps ``[N, in, h, w]`` of every example of every request (one forward
+        when each has one example) and each request's example tensors."""
+        if len(requests) == 1 or any(r.pairs for r in requests):
+            parts = [self.example_tensors(r) for r in requests]
+            return torch.cat([x for x, _ in parts]), [rules for _, rules in parts]
         gen = self.generator
         x, v = gen.keys_and_values(self.layer, gen.latents([r.paste.seed for r in requests]))
-        rules = [self.rule_tensors(r, (x[i : i + 1], v[i : i + 1])) for i, r in enumerate(requests)]
-        return x, rules
+        return x, [[self.rule_tensors(r, (x[i : i + 1], v[i : i + 1]))] for i, r in enumerate(requests)]
 
     # -- rewrite and erase -----------------------------------------------------------------------
     @torch.no_grad()
@@ -182,15 +203,19 @@ class Rewriter:
         for r in reqs:
             self._check(r)
             check_rank(r.rank, self.handle.key_dim)
-        x, rules = self.rules_tensors(reqs)
+        check_examples(reqs)
+        x, groups = self.rules_tensors(reqs)
+        rules = [rule for group in groups for rule in group]
         problem = joint_problem(self.handle, x, rules)
         check_solve_size(problem, sum(r.rank for r in reqs), 1 if self.handle.linear_in_weight else REFINE_ITERS)
-        D = joint_directions([self.directions(r, rule) for r, rule in zip(reqs, rules, strict=True)])
-        delta, report = rewrite_layer(problem, D, self.C, joint_smoothness(smooth, len(reqs)), REFINE_ITERS)
+        D = joint_directions([self.directions(r, group[0]) for r, group in zip(reqs, groups, strict=True)])
+        delta, report = rewrite_layer(problem, D, self.C, joint_smoothness(smooth, len(rules)), REFINE_ITERS)
         self.last_report = report
         settings: dict[str, Any] = {"smoothness": smooth}
         if len(reqs) > 1:
             settings.update(rules=len(reqs), ranks=[r.rank for r in reqs])
+        if len(rules) > len(reqs):
+            settings.update(examples=len(rules))
         return self._edit(reqs, delta, "rewrite", settings, report)
 
     @torch.no_grad()
