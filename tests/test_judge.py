@@ -125,3 +125,18 @@ def test_the_models_load_from_the_installed_wheel_only():
     assert (model_folder() / "shape_predictor_68_face_landmarks.dat").stat().st_size > 10**6
     blank = read_faces(torch.zeros(1, 3, 64, 64), identity=False)
     assert not blank.detected[0]  # no face in a grey square
+
+
+def test_curation_copies_closed_mouths_onto_open_ones_from_training_seeds_only(faces):
+    from olam_edit.eval.judge.curate import CURATIONS, TRAINING_SEEDS, curate
+
+    images, base = faces
+    request = curate("close_mouth_pairs", base, SEEDS)
+    opening = dict(zip(SEEDS, M.mouth_opening(base.landmarks), strict=True))
+    cur = CURATIONS["close_mouth_pairs"]
+    assert len(request.examples) >= 2 and request.rank == cur.rank and request.context
+    for copy, paste in request.examples:
+        assert opening[copy.seed] <= cur.done_at and opening[paste.seed] >= cur.todo_at
+        assert copy.mask.sum() == paste.mask.sum() > 0  # boxes of one size, on each face's mouth
+        assert copy.mask[32:].sum() == copy.mask.sum()  # in the lower half of the face
+    assert max(request.seeds) < 1000 and max(TRAINING_SEEDS) < 1000  # never the held-out seeds

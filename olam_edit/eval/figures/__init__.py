@@ -9,6 +9,8 @@ Each ``*.json`` file here was written by one olam-edit command (recorded under `
   text rules with and without protection; a test re-runs it)
 * ``interference_face.json``: ``olam-edit evaluate --interference add_sunglasses close_mouth --json-out ...``
   (with ``interference_face.png``, its picture)
+* ``judge_NAME.json``: ``olam-edit evaluate NAME --judge --seeds 1000-1199 --json-out ... --picture ...``
+  (the judge's rows and every judged face's numbers, with ``judge_NAME.png``: 16 faces)
 
 The README's tables are :func:`readme_block` of these files, between ``<!-- figure: NAME -->`` and
 the end of the code block after it; ``python -m olam_edit.eval.figures README.md`` rewrites them
@@ -116,9 +118,21 @@ def text_table(figure: dict[str, Any]) -> str:
     return sequential_table(figure)
 
 
+def judge_table(figure: dict[str, Any]) -> str:
+    """The table of a judge figure: each method's visible effect, identity, drift and detection."""
+    lo, hi, n = figure["seeds"]
+    lines = [f"{figure['effect']}: {figure['what']}",
+             f"seeds {lo}-{hi}: {figure['faces']} of {n} faces detected, {figure['eligible']} the rule can change",
+             f"{'method':<16}{'effect':>8}{'rank-1':>8}{'identity':>10}{'drift':>8}{'detected':>10}"]
+    for name, r in figure["rows"].items():
+        lines.append(f"{name:<16}{r['effect']:>8.0%}{r['rank1']:>8.0%}{r['identity']:>10.3f}{r['drift']:>8.3f}"
+                     f"{r['detected']:>10.0%}")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {"evaluate": evaluate_table, "sweep": sweep_table,
                                                       "bench": bench_table, "interference": interference_table,
-                                                      "text": text_table}
+                                                      "text": text_table, "judge": judge_table}
 
 
 def readme_block(name: str) -> str:

@@ -62,7 +62,8 @@ class JudgeReport:
                                len(self.seeds)], "faces": self.faces, "eligible": self.eligible,
                                "rows": {k: asdict(v) for k, v in self.rows.items()}}
         if per_face:
-            out["per_face"] = {"judged": self.judged, "eligible": self.per_face_eligible, **self.per_face}
+            rounded = {k: {f: [float(f"{x:.6g}") for x in xs] for f, xs in v.items()} for k, v in self.per_face.items()}
+            out["per_face"] = {"judged": self.judged, "eligible": self.per_face_eligible, **rounded}
         return out
 
 
