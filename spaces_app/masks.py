@@ -110,10 +110,11 @@ def selection(value: Any, seed: int | None) -> Selection:
 
 
 def make_request(session: Session, layer: str, rank: int) -> EditRequest:
-    """The session's selections as an EditRequest; a missing copy or paste region is an error."""
+    """The session's selections as an EditRequest (with the further copy / paste pairs of an example
+    rule when one was loaded); a missing copy or paste region is an error."""
     for what, sel in (("copy", session.copy), ("paste", session.paste)):
         if sel is None:
             raise RequestError(explain(f"there is no {what} region yet",
                                        fix=f"Paint it on a sample and press 'Set {what}'."))
     return EditRequest(layer=layer, copy=session.copy, paste=session.paste, context=list(session.context),
-                       rank=int(rank), model=None)
+                       rank=int(rank), model=None, pairs=list(session.pairs))

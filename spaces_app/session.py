@@ -33,6 +33,7 @@ class Session:
     context: list[Selection] = field(default_factory=list)
     copy: Selection | None = None
     paste: Selection | None = None
+    pairs: list[tuple[Selection, Selection]] = field(default_factory=list)  # an example's further copy / paste
     history: list[Entry] = field(default_factory=list)
     strength: float = 1.0
     rules: list[EditRequest] = field(default_factory=list)
@@ -54,8 +55,8 @@ class Session:
         self.history = [*self.history, Entry(edit, label)][-HISTORY:]
 
     def clear_selections(self) -> None:
-        """Forget the context, copy and paste selections (the edits stay)."""
-        self.context, self.copy, self.paste = [], None, None
+        """Forget the context, copy and paste selections and an example's further pairs (the edits stay)."""
+        self.context, self.copy, self.paste, self.pairs = [], None, None, []
 
 
 def history_text(session: Session) -> str:

@@ -569,3 +569,26 @@ def test_demo_command_fails_clearly_without_the_app(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("OLAM_EDIT_SPACE_APP", str(tmp_path / "missing" / "app.py"))
     assert main(["demo", "--port", str(free_port())]) == 2
     assert "cannot find the Space app" in capsys.readouterr().err
+
+
+def test_an_example_with_several_pairs_keeps_them_until_a_pair_is_painted(space: Space) -> None:
+    from olam_edit.rules.spatial.examples import load_example
+    from olam_edit.spaces_app.masks import make_request
+    from olam_edit.spaces_app.panels.selections import SelectionHandlers
+    from olam_edit.spaces_app.session import Session
+
+    c = space.client()
+    *_, status = c.predict("close_mouth_pairs", api_name="/example")
+    assert "32 copy / paste pairs" in status and ok(status)
+    request, _ = load_example("close_mouth_pairs")
+    handlers, session = SelectionHandlers(space.studio), Session(model="default")
+    handlers.example("close_mouth_pairs", session)
+    solved = make_request(session, request.layer, request.rank)
+    assert [(a.seed, b.seed) for a, b in solved.examples] == [(a.seed, b.seed) for a, b in request.examples]
+    stroke = np.zeros((64, 64, 4), np.uint8)
+    stroke[40:50, 20:40] = 255  # a painted box
+    session.seed = 3
+    handlers.set_paste({"background": np.zeros((64, 64, 3), np.uint8), "layers": [stroke], "composite": None}, session)
+    assert session.pairs == [] and not make_request(session, request.layer, request.rank).pairs
+    session.clear_selections()
+    assert session.pairs == [] and session.copy is None

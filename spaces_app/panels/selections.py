@@ -31,12 +31,12 @@ class SelectionHandlers:
                 "status": message(f"{len(session.context)} context region(s).")}
 
     def set_copy(self, painter: Any, session: Session) -> dict[str, Any]:
-        session.copy = selection(painter, session.seed)
+        session.copy, session.pairs = selection(painter, session.seed), []  # a new pair replaces an example's
         return {"session": session, "copy": self.studio.tray(session)[1],
                 "status": message(f"The copy region is set (sample #{session.copy.seed}).")}
 
     def set_paste(self, painter: Any, session: Session) -> dict[str, Any]:
-        session.paste = selection(painter, session.seed)
+        session.paste, session.pairs = selection(painter, session.seed), []
         return {"session": session, "paste": self.studio.tray(session)[2],
                 "status": message(f"The paste region is set (sample #{session.paste.seed}).")}
 
@@ -58,11 +58,14 @@ class SelectionHandlers:
                                        fix="Load 'default' first."))
         request, settings = example(examples)
         session.context, session.copy, session.paste = list(request.context), request.copy, request.paste
+        session.pairs = list(request.pairs)
         shown = dict(zip(SELECTIONS, self.studio.tray(session), strict=True))
+        pairs = f" ({len(request.examples)} copy / paste pairs)" if request.pairs else ""
         return {"session": session, "layer": request.layer, "rank": request.rank, **shown,
                 "smoothness": settings.get("smoothness", DEFAULT_SMOOTHNESS),
                 "ridge": settings.get("ridge", DEFAULT_RIDGE),
-                "status": message(f"Example {examples!r}: {request.description or request.name}. Press Rewrite.")}
+                "status": message(f"Example {examples!r}: {request.description or request.name}{pairs}. "
+                                  "Press Rewrite.")}
 
 
 def wire(studio: Studio, ui: UI) -> None:
