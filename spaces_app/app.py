@@ -23,10 +23,10 @@ from typing import Any
 
 import gradio as gr
 
-from olam_edit.adapters import load_generator
 from olam_edit.spaces_app.images import limit_pil
 from olam_edit.spaces_app.layout import CSS, layout
 from olam_edit.spaces_app.panels import wire
+from olam_edit.spaces_app.pipelines import load_model
 from olam_edit.spaces_app.session import Session
 from olam_edit.spaces_app.settings import Settings
 from olam_edit.spaces_app.studio import Studio
@@ -35,13 +35,14 @@ TITLE = "olam-edit: rewrite a generative model"
 
 
 def build_app(generator: Any | None = None, settings: Settings | None = None, **options: Any) -> gr.Blocks:
-    """The Space as a ``gr.Blocks``. ``generator`` (default: load ``settings.model``) is shared by all
+    """The Space as a ``gr.Blocks``. ``generator`` (default: load ``settings.model``, a generator or a
+    diffusers pipeline, whose tab the page then shows) is shared by all
     sessions and never mutated. ``options`` override fields of :class:`Settings`. The Blocks carries
     its :class:`Studio` as ``.studio`` (for tests and tools)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry unless asked for
     limit_pil()  # PIL's decompression-bomb bound, explicitly the project's
     settings = settings or Settings.from_env(**options)
-    studio = Studio(settings, generator if generator is not None else load_generator(settings.model))
+    studio = Studio(settings, generator if generator is not None else load_model(settings.model, settings.hub_endpoint))
     gr.set_static_paths([studio.files.folder])  # its PNGs are served as they are, not copied per answer
     with gr.Blocks(title=TITLE) as demo:
         ui = layout(studio, Session(model=settings.model))

@@ -279,6 +279,12 @@ def test_a_pipeline_folder_loads_from_safetensors_only(text_space: Space, tmp_pa
     loaded = load_model(str(tmp_path / "safe"))
     assert tab_of(loaded) == TEXT and loaded.config._name_or_path == str(tmp_path / "safe")
     assert tab_of(load_model("default")) == PAINT
+    from olam_edit.spaces_app.app import build_app
+    from olam_edit.spaces_app.session import Session
+
+    spec = str(tmp_path / "safe")  # as OLAM_EDIT_MODEL=<folder> starts the Space: the text tab's model
+    demo = build_app(model=spec, cache_dir=str(tmp_path / "cache"))
+    assert tab_of(demo.studio.generator(Session(model=spec))) == TEXT
     text_space.pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     unet = tmp_path / "pickled" / "unet"
     assert list(unet.glob("*.bin")) and not list(unet.glob("*.safetensors"))  # the UNet pickled
