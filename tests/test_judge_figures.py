@@ -83,3 +83,11 @@ def test_judge_without_an_effect_says_which_to_pass(tmp_path) -> None:
     run = subprocess.run([EXE, "evaluate", str(path), "--judge", "--no-baselines", "--seeds", "1000-1003",
                           "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=600)
     assert run.returncode != 0 and "--effect" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_readme_judge_example_runs(capsys) -> None:
+    from readme_code import python_block_after
+
+    exec(compile(python_block_after("<!-- judge-example -->"), "README judge example", "exec"), {})
+    out = capsys.readouterr().out
+    assert "32 copy / paste pairs" in out and "rewrite" in out and "painted" in out and "rank-1" in out
