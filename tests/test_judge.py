@@ -140,3 +140,10 @@ def test_curation_copies_closed_mouths_onto_open_ones_from_training_seeds_only(f
         assert copy.mask.sum() == paste.mask.sum() > 0  # boxes of one size, on each face's mouth
         assert copy.mask[32:].sum() == copy.mask.sum()  # in the lower half of the face
     assert max(request.seeds) < 1000 and max(TRAINING_SEEDS) < 1000  # never the held-out seeds
+
+
+def test_judging_images_without_faces_is_one_clear_error():
+    blank = torch.zeros(3, 3, 64, 64)  # grey squares
+    with pytest.raises(RequestError, match="no face") as err:
+        judge(blank, {"rewrite": blank}, "glasses", [1, 2, 3], progress=False)
+    assert "\n" not in str(err.value)

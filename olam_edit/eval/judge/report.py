@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from olam_edit.errors import RequestError, explain
 from olam_edit.eval.judge import measures as M
 from olam_edit.eval.judge.effects import effect as get_effect
 from olam_edit.eval.judge.painted import paint
@@ -78,6 +79,10 @@ def judge(before: Tensor, afters: dict[str, Tensor], effect: str, seeds: list[in
     if painted:
         afters = {**afters, PAINTED: from_pixels(paint(effect, base.pixels, base.landmarks), before.shape[-1])}
     idx = np.flatnonzero(base.detected)
+    if len(idx) == 0:
+        raise RequestError(explain("the judge found no face in the images before the edit",
+                                   got=f"{len(seeds)} images, none with a detected face",
+                                   fix="--judge measures edits of face models; pass seeds of faces."))
     value_before = fx.measure(base, base)[idx]  # [n]
     eligible = fx.eligible(value_before)  # [n]
     report = JudgeReport(effect, fx.what, list(seeds), len(idx), int(eligible.sum()), {}, idx.tolist(),
