@@ -1,4 +1,5 @@
-"""Numbers a visitor types, checked before any model runs (one clear line when out of range)."""
+"""What a visitor types, checked before any model runs: numbers (one clear line when out of range) and the
+repository name to publish to."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import weakref
 from typing import Any, TypeVar
 
 from olam_edit.errors import RequestError, explain
+from olam_edit.hub.repo import looks_like_repo_id
 
 T = TypeVar("T")
 _PARTS: weakref.WeakKeyDictionary[Any, dict[type, Any]] = weakref.WeakKeyDictionary()
@@ -45,3 +47,17 @@ def part_of(owner: Any, cls: type[T]) -> T:
         if cls not in parts:
             parts[cls] = cls(owner)  # type: ignore[call-arg]
         return parts[cls]
+
+
+def check_publish(token: str | None, repo_id: str, show_login: bool) -> str:
+    """The repository name to publish to (either tab), once the visitor is signed in and the name is valid."""
+    if not token:
+        raise RequestError(explain("publishing needs your Hugging Face login", fix=(
+            "Press 'Sign in with Hugging Face' first." if show_login else
+            "Sign-in works when the app runs as a Space; here, download the zip and run "
+            "`olam-edit push edit/ your-name/repo`.")))
+    repo_id = (repo_id or "").strip()
+    if not looks_like_repo_id(repo_id):
+        raise RequestError(explain("the repository name is not valid", got=repr(repo_id),
+                                   expected="'name' or 'user/name' (letters, digits, '-', '_', '.')"))
+    return repo_id

@@ -30,6 +30,7 @@ from olam_edit.hub.repo import looks_like_repo_id
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.rules.spatial.request import EditRequest, Selection
 from olam_edit.spaces_app import zerogpu
+from olam_edit.spaces_app.checks import check_publish
 from olam_edit.spaces_app.generators import Models
 from olam_edit.spaces_app.images import ImageFiles, heat_weight, tint
 from olam_edit.spaces_app.masks import make_request
@@ -254,15 +255,7 @@ class Studio:
 
     def publish(self, session: Session, repo_id: str, private: bool, token: str | None) -> str:
         """Push the current edit (at its strength) to ``repo_id`` with the user's ``token``; the commit URL."""
-        if not token:
-            raise RequestError(explain("publishing needs your Hugging Face login", fix=(
-                "Press 'Sign in with Hugging Face' first." if self.settings.show_login else
-                "Sign-in works when the app runs as a Space; here, download the zip and run "
-                "`olam-edit push edit/ your-name/repo`.")))
-        repo_id = (repo_id or "").strip()
-        if not looks_like_repo_id(repo_id):
-            raise RequestError(explain("the repository name is not valid", got=repr(repo_id),
-                                       expected="'name' or 'user/name' (letters, digits, '-', '_', '.')"))
+        repo_id = check_publish(token, repo_id, self.settings.show_login)
         edit = self._final(session, "publish")
         image = picture(self.generator(session), edit, self.compare_seeds(8))
         extra = {"endpoint": self.settings.hub_endpoint} if self.settings.hub_endpoint else {}

@@ -26,8 +26,7 @@ import torch
 from olam_edit import Edit, check_base, model_lock
 from olam_edit.errors import BaseMismatchError, EditFileError, OlamEditError, RequestError, explain
 from olam_edit.eval.grid import grid_image
-from olam_edit.hub.repo import looks_like_repo_id
-from olam_edit.spaces_app.checks import positive
+from olam_edit.spaces_app.checks import check_publish, positive
 from olam_edit.spaces_app.images import display
 from olam_edit.spaces_app.pipelines import (
     PAINT,
@@ -263,16 +262,3 @@ def check_renders(pipe: Any, edit: Edit, grid: Grid, strength: float) -> None:
         if not bool(torch.isfinite(images).all()):
             raise EditFileError(explain("the uploaded edit makes the pipeline's images non-finite (NaN or Inf)",
                                         got=f"strength {scale:g}", expected="finite images", fix=fix))
-
-
-def check_publish(token: str | None, repo_id: str, show_login: bool) -> str:
-    """The repository name to publish to, once the visitor is signed in and the name is valid."""
-    if not token:
-        raise RequestError(explain("publishing needs your Hugging Face login", fix=(
-            "Press 'Sign in with Hugging Face' first." if show_login else
-            "Sign-in works when the app runs as a Space; here, download the zip and push it.")))
-    repo_id = (repo_id or "").strip()
-    if not looks_like_repo_id(repo_id):
-        raise RequestError(explain("the repository name is not valid", got=repr(repo_id),
-                                   expected="'name' or 'user/name' (letters, digits, '-', '_', '.')"))
-    return repo_id
