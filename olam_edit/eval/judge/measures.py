@@ -49,17 +49,25 @@ def luminance(pixels: np.ndarray) -> np.ndarray:
     return (pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])) / 255.0
 
 
+def lens_boxes(lm: np.ndarray) -> list[list[float]]:
+    """The bounding boxes ``[x0, y0, x1, y1]`` of one face's two lens ellipses (landmarks ``[68, 2]``)."""
+    boxes = []
+    for e in (RIGHT_EYE, LEFT_EYE):
+        c = lm[list(e)].mean(0)  # [2]
+        half = np.linalg.norm(lm[e[3]] - lm[e[0]]) / 2
+        rx, ry = LENS_SCALE[0] * half, LENS_SCALE[1] * half * 0.6
+        boxes.append([c[0] - rx, c[1] - ry, c[0] + rx, c[1] + ry])
+    return boxes
+
+
 def lens_masks(landmarks: np.ndarray, size: int) -> np.ndarray:
     """Where a pair of glasses' lenses sit: ``[B, size, size]`` booleans, one ellipse around each eye."""
     masks = np.zeros((len(landmarks), size, size), bool)
     for i, lm in enumerate(landmarks):
         img = Image.new("L", (size, size), 0)
         draw = ImageDraw.Draw(img)
-        for e in (RIGHT_EYE, LEFT_EYE):
-            c = lm[list(e)].mean(0)  # [2]
-            half = np.linalg.norm(lm[e[3]] - lm[e[0]]) / 2
-            rx, ry = LENS_SCALE[0] * half, LENS_SCALE[1] * half * 0.6
-            draw.ellipse([c[0] - rx, c[1] - ry, c[0] + rx, c[1] + ry], fill=255)
+        for box in lens_boxes(lm):
+            draw.ellipse(box, fill=255)
         masks[i] = np.asarray(img) > 0
     return masks
 
@@ -86,16 +94,12 @@ def polygon_masks(landmarks: np.ndarray, points: tuple[int, ...], size: int) -> 
     return masks
 
 
+UPPER_LIP_BAND = (31, 32, 33, 34, 35, 54, 53, 52, 51, 50, 49, 48)  # the nose's base, then the upper lip's top
+
+
 def upper_lip_band(landmarks: np.ndarray, size: int) -> np.ndarray:
     """Where a moustache grows: between the nose's base (31-35) and the upper lip's top (48-54)."""
-    masks = np.zeros((len(landmarks), size, size), bool)
-    for i, lm in enumerate(landmarks):
-        top = [tuple(p) for p in lm[[31, 32, 33, 34, 35]]]
-        bottom = [tuple(p) for p in lm[[54, 53, 52, 51, 50, 49, 48]]]
-        img = Image.new("L", (size, size), 0)
-        ImageDraw.Draw(img).polygon(top + bottom, fill=255)
-        masks[i] = np.asarray(img) > 0
-    return masks
+    return polygon_masks(landmarks, UPPER_LIP_BAND, size)
 
 
 def landmark_drift(before: np.ndarray, after: np.ndarray, exclude: tuple[int, ...] = ()) -> np.ndarray:

@@ -30,11 +30,8 @@ def paint(effect_name: str, pixels: np.ndarray, landmarks: np.ndarray) -> np.nda
 
 
 def _glasses(draw: ImageDraw.ImageDraw, lm: np.ndarray, _px: np.ndarray) -> None:
-    for e in (M.RIGHT_EYE, M.LEFT_EYE):
-        c = lm[list(e)].mean(0)
-        half = np.linalg.norm(lm[e[3]] - lm[e[0]]) / 2
-        rx, ry = M.LENS_SCALE[0] * half, M.LENS_SCALE[1] * half * 0.6
-        draw.ellipse([c[0] - rx, c[1] - ry, c[0] + rx, c[1] + ry], fill=LENS_COLOR)
+    for box in M.lens_boxes(lm):  # the lenses the judge measures
+        draw.ellipse(box, fill=LENS_COLOR)
     draw.line([tuple(lm[39]), tuple(lm[42])], fill=LENS_COLOR, width=3)
 
 
@@ -68,9 +65,7 @@ def _open_mouth(draw: ImageDraw.ImageDraw, lm: np.ndarray, _px: np.ndarray) -> N
 
 
 def _moustache(draw: ImageDraw.ImageDraw, lm: np.ndarray, _px: np.ndarray) -> None:
-    top = [tuple(p) for p in lm[[31, 32, 33, 34, 35]]]
-    bottom = [tuple(p) for p in lm[[54, 53, 52, 51, 50, 49, 48]]]
-    draw.polygon(top + bottom, fill=MOUSTACHE_COLOR)
+    draw.polygon([tuple(p) for p in lm[list(M.UPPER_LIP_BAND)]], fill=MOUSTACHE_COLOR)
 
 
 PAINTERS = {"glasses": _glasses, "mouth_close": _shut_mouth, "mouth_open": _open_mouth, "moustache": _moustache}
