@@ -159,3 +159,15 @@ def test_example_writes_an_edit_folder_and_a_grid(tmp_path) -> None:
 
     with Image.open(tmp_path / "out" / "before_after.png") as im:
         assert im.size[1] >= 2 * 128  # two rows (before, after) of 64 px faces shown at 2x
+
+
+def test_an_example_is_written_at_the_strength_it_is_curated_at(tmp_path) -> None:
+    from olam_edit.rules.spatial.examples import load_example
+
+    _, settings = load_example("close_mouth_pairs")
+    out = run("example", "close_mouth_pairs", "--out", str(tmp_path / "out"), "--seeds", "1000-1003")
+    assert out.returncode == 0, out.stderr
+    assert f"strength {settings['strength']:g}" in out.stdout
+    edit = oe.Edit.load(tmp_path / "out" / "edit")
+    assert edit.manifest["rule"].endswith(f"(strength {settings['strength']:g})")
+    assert [d.scale for d in edit.deltas.values()] == [settings["strength"]]

@@ -76,6 +76,23 @@ def test_evaluate_on_a_tiny_model_uses_only_heldout_seeds() -> None:
     assert report.region_fraction == pytest.approx(36 / 256)
 
 
+def test_a_strength_scales_the_rewrite_it_evaluates() -> None:
+    gen, req, rw, region = _tiny_rule()
+    full = evaluate(gen, req, seeds=range(0, 12), region=region, rewriter=rw, baselines=False, progress=False)
+    half = evaluate(gen, req, seeds=range(0, 12), region=region, rewriter=rw, baselines=False, progress=False,
+                    strength=0.5)
+    for name, delta in full.edit.deltas.items():  # exactly half of the same solve, on every layer
+        h = half.edit.deltas[name]
+        assert torch.equal(h.lam, delta.lam) and torch.equal(h.directions, delta.directions)
+        assert h.scale == 0.5 * delta.scale
+    assert half.settings["strength"] == 0.5 and "strength" not in full.settings
+    assert half.methods["rewrite"].in_region < full.methods["rewrite"].in_region
+    for bad in (0, -1, float("nan"), 2.5, "1"):
+        with pytest.raises(RequestError, match="strength"):
+            evaluate(gen, req, seeds=range(0, 12), region=region, rewriter=rw, baselines=False, progress=False,
+                     strength=bad)
+
+
 def test_rewrite_beats_finetuning_on_a_curated_face_edit() -> None:
     """The paper's claim on the embedded model, read from the README's figure (which
     ``test_figures.test_evaluate_figure_reproduces_on_fewer_seeds_and_steps`` re-runs seed by seed, so

@@ -19,7 +19,7 @@ from olam_edit.eval.judge.report import judge
 from olam_edit.rules.spatial.examples import load_example
 from olam_edit.rules.spatial.rewriter import Rewriter
 
-JUDGED = ("add_sunglasses", "close_mouth", "close_mouth_pairs")
+JUDGED = ("add_sunglasses", "close_mouth", "close_mouth_pairs", "add_beard", "add_moustache")
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +67,24 @@ def test_evaluate_judge_writes_its_rows_and_picture(tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ev"
     run = subprocess.run([EXE, "evaluate", "add_sunglasses", "--judge", "--no-baselines", "--seeds", "1000-1019",
-                          "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+                          "--strengths", "0.5", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                         env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     figure = json.loads((out / "judge.json").read_text())
-    assert set(figure["rows"]) == {"rewrite", "painted"} and figure["effect"] == "glasses"
+    assert set(figure["rows"]) == {"rewrite", "rewrite @0.5", "painted"} and figure["effect"] == "glasses"
+    rows = figure["rows"]  # half the change moves the faces' descriptors less
+    assert rows["rewrite @0.5"]["identity"] < rows["rewrite"]["identity"]
     assert "rank-1" in run.stdout and "painted" in run.stdout
     with Image.open(out / "judge.png") as img:
         assert img.size[0] == LABEL_W + 8 * FACE_PX
+
+
+@pytest.mark.parametrize("bad", ["0", "1,x", "3", "nan", ""])
+def test_a_bad_strength_list_is_one_clear_line(tmp_path, bad: str) -> None:
+    run = subprocess.run([EXE, "evaluate", "add_sunglasses", "--judge", "--strengths", bad, "--out",
+                          str(tmp_path / "ev")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "strength" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "ev").exists()
 
 
 def test_judge_without_an_effect_says_which_to_pass(tmp_path) -> None:

@@ -282,9 +282,10 @@ def test_example_rule_fills_the_selections_and_settings(space: Space) -> None:
 
     name = list_examples()[0]
     c = space.client()
-    layer, rank, smoothness, ridge, tray, copy, paste, status = c.predict(name, api_name="/example")
+    layer, rank, smoothness, ridge, strength, tray, copy, paste, status = c.predict(name, api_name="/example")
     request, settings = load_example(name)
     assert (layer, rank, smoothness, ridge) == (request.layer, request.rank, settings["smoothness"], settings["ridge"])
+    assert strength == settings.get("strength", 1.0)
     assert len(tray) == min(24, len(request.context)) and copy and paste and ok(status)
     assert "Press Rewrite" in status
 
@@ -578,9 +579,10 @@ def test_an_example_with_several_pairs_keeps_them_until_a_pair_is_painted(space:
     from olam_edit.spaces_app.session import Session
 
     c = space.client()
-    *_, status = c.predict("close_mouth_pairs", api_name="/example")
+    *_, strength, _tray, _copy, _paste, status = c.predict("close_mouth_pairs", api_name="/example")
     assert "32 copy / paste pairs" in status and ok(status)
-    request, _ = load_example("close_mouth_pairs")
+    request, settings = load_example("close_mouth_pairs")
+    assert strength == settings["strength"] != 1.0  # the slider is set to the strength the rule is curated at
     handlers, session = SelectionHandlers(space.studio), Session(model="default")
     handlers.example("close_mouth_pairs", session)
     solved = make_request(session, request.layer, request.rank)

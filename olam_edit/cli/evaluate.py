@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import torch
 from olam_edit.cli.common import command, parse_seeds
 from olam_edit.errors import OlamEditError, RequestError, explain
 from olam_edit.memory import distributed
+
+MAX_JUDGED_STRENGTH = 2.0  # the Space slider's top
 
 
 def _parse_region(text: str | None) -> str | tuple[int, ...] | None:
@@ -49,6 +52,17 @@ def _parse_steps(text: str) -> list[int]:
     if any(n < 1 for n in steps):
         raise argparse.ArgumentTypeError(f"bad step list {text!r}; use positive whole numbers, e.g. 100 or 100,500")
     return steps
+
+
+def _parse_strengths(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = [math.nan]
+    if not values or not all(0 < v <= MAX_JUDGED_STRENGTH for v in values):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"bad strength list {text!r}; use numbers in (0, {MAX_JUDGED_STRENGTH:g}], "
+                                         "e.g. 0.8,1.2")
+    return values
 
 
 def _load_spec(spec: str) -> tuple[Any, dict[str, Any]]:
@@ -113,6 +127,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                         "re-identification), landmark drift and detection, for every method and a hand-painted "
                         "reference; writes judge.json and judge.png (16 faces), and --json-out becomes the judge's "
                         "figure")
+    p.add_argument("--strengths", type=_parse_strengths, default=[], metavar="S[,S...]",
+                   help="with --judge: also judge the rewrite at these strengths (rows 'rewrite @S'; 1 = as solved), "
+                        "to see what a stronger or weaker edit gains in effect and costs in identity")
     p.add_argument("--effect", default=None,
                    help="with --judge: the rule's visible-effect test (default: the example's own; one of "
                         "glasses, moustache, mouth_close, mouth_open)")
@@ -136,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(gen, obj, seeds=args.seeds, region=_region_mask(args.region, settings, size),
                       baselines=not args.no_baselines, rewriter=_rewriter(gen, layer, settings),
                       quantile=args.quantile, steps={"finetune_layer": args.steps, "finetune_all": args.steps},
-                      checkpoints=args.checkpoints)
+                      checkpoints=args.checkpoints, strength=settings.get("strength", 1.0))
     if not distributed.is_main_process():
         return 0  # under torchrun the other ranks only helped collect the statistics
     out = Path(args.out)
@@ -174,10 +191,13 @@ def _judge(gen: Any, report: Any, settings: dict[str, Any], args: argparse.Names
     effect = args.effect or settings.get("effect")
     if effect is None:
         raise RequestError(explain("--judge needs the rule's visible-effect test", fix="Pass --effect NAME (glasses, "
-                                   "moustache, mouth_close or mouth_open)."))
+                                   "moustache, beard, mouth_close or mouth_open)."))
     seeds = report.seeds
     before = gen.images(seeds)
     afters = {"rewrite": gen.images(seeds, report.edit)}
+    shown_at = report.settings.get("strength", 1.0)  # the rewrite's own strength (the example's)
+    for s in args.strengths:
+        afters[f"rewrite @{s:g}"] = gen.images(seeds, report.edit.scaled(s / shown_at))
     afters.update({name: render(gen, model, seeds) for name, model in report.models.items()})
     judged = judge(before, afters, effect, seeds)
     figure = judged.to_json(per_face=True)

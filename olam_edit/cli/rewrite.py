@@ -27,8 +27,11 @@ def _before_after(gen, edit, seeds: list[int], path: Path, scale: float = 1.0) -
     return save_grid([before, after], path, labels=["before", f"after x{scale:g}" if scale != 1 else "after"])
 
 
+DEFAULT_EXAMPLE = "add_sunglasses"  # the quick start's rule
+
+
 def _add_example(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", default=None, help="example name (default: the first; --list shows all)")
+    p.add_argument("name", nargs="?", default=None, help=f"example name (default: {DEFAULT_EXAMPLE}; --list shows all)")
     p.add_argument("--out", default="out", help="output folder (default ./out)")
     p.add_argument("--seeds", type=parse_seeds, default=None, help="held-out seeds for the grid (default 1000-1015)")
     p.add_argument("--list", action="store_true", help="list the examples and exit")
@@ -46,14 +49,17 @@ def cmd_example(args: argparse.Namespace) -> int:
         for name in names:
             print(f"{name}: {load_example(name)[0].description}")
         return 0
-    request, settings = load_example(args.name or names[0])
+    request, settings = load_example(args.name or DEFAULT_EXAMPLE)
     out = Path(args.out)
     check_out(out, args.force)
-    print(f"example {request.name!r}: {request.description} (layer {request.layer}, rank {request.rank})")
+    at = f", strength {settings['strength']:g}" if settings.get("strength", 1.0) != 1.0 else ""
+    print(f"example {request.name!r}: {request.description} (layer {request.layer}, rank {request.rank}{at})")
     gen, t0 = load_default(), time.perf_counter()
     rw = Rewriter(gen, request.layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS),
                   ridge=settings.get("ridge", DEFAULT_RIDGE))
     edit = rw.rewrite(request)
+    if settings.get("strength", 1.0) != 1.0:  # the strength the example is curated at (the Space sets it too)
+        edit = edit.scaled(settings["strength"])
     if not distributed.is_main_process():
         return 0  # under torchrun the other ranks only helped collect the statistics
     _report(edit, time.perf_counter() - t0)

@@ -18,6 +18,7 @@ compared with a stored run seed by seed. Images are in [-1, 1].
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from olam_edit.rules.spatial.tensors import RuleTensors
 
 DEFAULT_HELDOUT = range(10_000, 10_200)
 GENERALITY_THRESHOLD = 0.05  # mean |change| in the region, in [-1, 1] pixel units
+MAX_STRENGTH = 2.0  # an example's strength is at most the Space slider's top
 DEFAULT_STEPS = 2001  # Adam steps of each baseline, as the reference code's insert()
 BASELINES = ("finetune_layer", "finetune_all")
 
@@ -94,6 +96,15 @@ class Report:
 def scores_json(s: Scores) -> dict[str, float]:
     """A Scores as JSON: its fields and the ratio."""
     return {**asdict(s), "ratio": s.ratio}
+
+
+def check_strength(strength: Any) -> float:
+    """``strength`` as a float in (0, MAX_STRENGTH] (an example's ``strength`` setting), else RequestError."""
+    value = float(strength) if isinstance(strength, int | float) and not isinstance(strength, bool) else math.nan
+    if not 0.0 < value <= MAX_STRENGTH:  # NaN fails too
+        raise RequestError(explain("the strength must be a number in (0, 2]", got=str(strength)[:40],
+                                   fix="Use 1 for the rewrite as solved."))
+    return value
 
 
 def heldout_seeds(request: EditRequest | None, seeds: Sequence[int] | None = None) -> list[int]:
@@ -166,7 +177,8 @@ def heatmap_region(rewriter: Rewriter, directions: Tensor, seeds: list[int], siz
 def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds: Sequence[int] | None = None,
              region: Tensor | None = None, baselines: bool = True, rewriter: Rewriter | None = None,
              quantile: float = HEATMAP_QUANTILE, threshold: float = GENERALITY_THRESHOLD,
-             steps: dict[str, int] | None = None, checkpoints: Sequence[int] = (), progress: bool = True) -> Report:
+             steps: dict[str, int] | None = None, checkpoints: Sequence[int] = (), progress: bool = True,
+             strength: float = 1.0) -> Report:
     """Measure a rewrite (and, with a request, the paper's baselines) on held-out seeds.
 
     ``region`` is a fixed mask ``[H, W]`` (or ``[B, H, W]``) at image resolution; by default it is
@@ -174,12 +186,14 @@ def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds
     maps a baseline's name to its Adam steps (default :data:`DEFAULT_STEPS` each), and each baseline
     is also scored after every step count in ``checkpoints`` below its own (``report.checkpoints``,
     named ``"finetune_all@100"``). With ``progress`` each baseline shows a bar with its ETA.
+    ``strength`` scales the rewrite solved from a request (:meth:`Edit.scaled`, the Space's slider and
+    ``rewrite --scale``); a curated example records the strength it is shown at in its settings.
     """
     request, edit = _request_and_edit(edit_or_request)
     layer = request.layer if request is not None else edit.layers[0] if edit is not None else ""
     rw = rewriter or Rewriter(generator, layer, progress=progress)
     if edit is None and request is not None:
-        edit = rw.rewrite(request)
+        edit = rw.rewrite(request).scaled(check_strength(strength))
     if edit is None:
         raise RequestError(explain("evaluate needs an edit or a request", got=type(edit_or_request).__name__))
     held = heldout_seeds(request, seeds)
@@ -199,7 +213,8 @@ def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds
             keep(name, render(generator, model, held))
     report.settings = {"layer": layer, "quantile": quantile if region is None else None, "threshold": threshold,
                        **_run_settings(report, steps, bool(models)), "region": "heatmap" if region is None else "given",
-                       "relative_norm": edit.manifest.get("metrics", {}).get("relative_norm")}
+                       "relative_norm": edit.manifest.get("metrics", {}).get("relative_norm"),
+                       **({"strength": strength} if strength != 1.0 else {})}
     report.edit, report.models = edit, models
     return report
 

@@ -16,7 +16,7 @@ from olam_edit.spaces_app.status import message
 from olam_edit.spaces_app.studio import Studio, example
 
 SELECTIONS = ("tray", "copy", "paste")
-EXAMPLE_OUTPUTS = ("session", "layer", "rank", "smoothness", "ridge", *SELECTIONS, "status")
+EXAMPLE_OUTPUTS = ("session", "layer", "rank", "smoothness", "ridge", "strength", *SELECTIONS, "status")
 
 
 class SelectionHandlers:
@@ -63,7 +63,7 @@ class SelectionHandlers:
         pairs = f" ({len(request.examples)} copy / paste pairs)" if request.pairs else ""
         return {"session": session, "layer": request.layer, "rank": request.rank, **shown,
                 "smoothness": settings.get("smoothness", DEFAULT_SMOOTHNESS),
-                "ridge": settings.get("ridge", DEFAULT_RIDGE),
+                "ridge": settings.get("ridge", DEFAULT_RIDGE), "strength": settings.get("strength", 1.0),
                 "status": message(f"Example {examples!r}: {request.description or request.name}{pairs}. "
                                   "Press Rewrite.")}
 

@@ -55,7 +55,7 @@ class JudgeReport:
         head = f"{'method':<16}{'effect':>8}{'rank-1':>8}{'identity':>10}{'drift':>8}{'detected':>10}"
         lines = [f"judge: {self.effect} ({self.what}) on {self.faces} detected faces, {self.eligible} eligible", head]
         for name, r in self.rows.items():
-            lines.append(f"{name:<16}{r.effect:>8.0%}{r.rank1:>8.0%}{r.identity:>10.3f}{r.drift:>8.3f}{r.detected:>10.0%}")
+            lines.append(f"{name:<16}{r.effect:>8.1%}{r.rank1:>8.1%}{r.identity:>10.3f}{r.drift:>8.3f}{r.detected:>10.1%}")
         return "\n".join(lines)
 
     def to_json(self, per_face: bool = False) -> dict[str, Any]:
