@@ -56,17 +56,34 @@ def test_a_mouth_painted_shut_reads_as_closed(faces):
     assert np.median(M.mouth_opening(after.landmarks)) < OPEN_MOUTH  # most read as shut outright
 
 
+def _painted(base, name: str):
+    """The first 12 detected faces painted for effect ``name``: their positions, the faces read after,
+    and the share of them where the effect took."""
+    idx = np.flatnonzero(base.detected)[:12]
+    after = read_faces(from_pixels(paint(name, base.pixels[idx], base.landmarks[idx]), 64), base.boxes[idx],
+                       identity=False)
+    fx = effect(name)
+    return idx, after, float(fx.took(fx.measure(base, base)[idx], fx.measure(after, _subset(base, idx))).mean())
+
+
 def test_painted_lenses_are_dark_and_leave_the_rest_of_the_face(faces):
     images, base = faces
-    idx = np.flatnonzero(base.detected)[:12]
-    painted = from_pixels(paint("glasses", base.pixels[idx], base.landmarks[idx]), 64)
-    after = read_faces(painted, base.boxes[idx], identity=False)
-    fx = effect("glasses")
-    before_v, after_v = fx.measure(base, base)[idx], fx.measure(after, _subset(base, idx))
-    assert fx.took(before_v, after_v).mean() >= 0.9
+    idx, after, took = _painted(base, "glasses")
+    assert took >= 0.9
     others = tuple(i for i in range(68) if i not in M.MOUTH)
     mouth = M.landmark_drift(base.landmarks[idx], after.landmarks, exclude=others)  # the mouth's points only
     assert float(np.median(mouth)) < 0.05  # the mouth stays where it was
+
+
+def test_a_painted_beard_darkens_the_chin_and_leaves_the_eyes(faces):
+    images, base = faces
+    idx, after, took = _painted(base, "beard")
+    assert took >= 0.9
+    chin = M.chin_band(base.landmarks[idx], base.pixels.shape[1])  # [n, S, S]
+    assert chin.any(axis=(1, 2)).all() and not (chin & M.lens_masks(base.landmarks[idx], chin.shape[1])).any()
+    others = tuple(i for i in range(68) if i not in M.RIGHT_EYE + M.LEFT_EYE)
+    eyes = M.landmark_drift(base.landmarks[idx], after.landmarks, exclude=others)  # the eyes' points only
+    assert float(np.median(eyes)) < 0.05  # the eyes stay where they were
 
 
 def _subset(faces, idx):

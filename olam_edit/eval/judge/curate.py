@@ -43,6 +43,11 @@ def _lip_band_darkness(f: Faces) -> np.ndarray:
     return band / np.maximum(_skin(f), 1e-3)
 
 
+def _chin_darkness(f: Faces) -> np.ndarray:
+    chin = M.masked_mean(M.luminance(f.pixels), M.chin_band(f.landmarks, f.pixels.shape[1]))
+    return chin / np.maximum(_skin(f), 1e-3)
+
+
 @dataclass(frozen=True)
 class Curation:
     """How to author one rule (see the module docstring). ``state`` is a per-face value; copies are
@@ -80,6 +85,8 @@ CURATIONS: dict[str, Curation] = {
                                True, 0.45, 0.8, EYES, (10, 44), (17, 26, 45, 36), grow=1.1),
     "add_moustache": Curation("add_moustache", "adds a dark moustache above the upper lip", "moustache",
                               _lip_band_darkness, True, 0.55, 0.85, (33, 51), (8, 26), (31, 35, 54, 48), grow=1.3),
+    "add_beard": Curation("add_beard", "adds a dark beard on the chin", "beard", _chin_darkness, True, 0.45, 0.85,
+                          (57, 8), (16, 30), M.CHIN_BAND, grow=1.1),
 }
 
 

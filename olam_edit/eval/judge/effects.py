@@ -41,18 +41,19 @@ class Effect:
         raise NotImplementedError
 
 
+AREAS = {"lenses": M.lens_masks, "upper_lip": M.upper_lip_band, "chin": M.chin_band}  # landmarks, size -> masks
+
+
 @dataclass(frozen=True)
 class Darker(Effect):
-    """The region got darker: mean luma after <= ``ratio`` x before, in an area placed by the landmarks
-    before the edit (lenses around the eyes, the band above the upper lip)."""
+    """The region got darker: mean luma after <= ``ratio`` x before, in an area of :data:`AREAS` placed
+    by the landmarks before the edit (lenses around the eyes, the band above the upper lip, the chin)."""
 
     ratio: float = 0.6
     area: str = "lenses"
 
     def measure(self, faces: Faces, before: Faces) -> np.ndarray:
-        size = faces.pixels.shape[1]
-        mask = (M.lens_masks(before.landmarks, size) if self.area == "lenses"
-                else M.upper_lip_band(before.landmarks, size))
+        mask = AREAS[self.area](before.landmarks, faces.pixels.shape[1])  # [B, S, S]
         return M.masked_mean(M.luminance(faces.pixels), mask)
 
     def took(self, value_before: np.ndarray, value_after: np.ndarray) -> np.ndarray:
@@ -95,6 +96,7 @@ EFFECTS: dict[str, Effect] = {
                       ratio=0.6, area="lenses"),
     "moustache": Darker("moustache", "upper-lip band brightness <= 0.7 of before", M.MOUTH, ratio=0.7,
                         area="upper_lip"),
+    "beard": Darker("beard", "chin brightness <= 0.7 of before", M.MOUTH + M.JAW[4:13], ratio=0.7, area="chin"),
     "mouth_close": Closes("mouth_close", f"mouth opening at least halved (mouths open >= {OPEN_MOUTH})", M.MOUTH),
     "mouth_open": Opens("mouth_open", f"mouth opening doubled and >= {OPEN_MOUTH} (mouths closed before)", M.MOUTH),
 }

@@ -102,6 +102,14 @@ def upper_lip_band(landmarks: np.ndarray, size: int) -> np.ndarray:
     return polygon_masks(landmarks, UPPER_LIP_BAND, size)
 
 
+CHIN_BAND = (48, 59, 58, 57, 56, 55, 54, 11, 10, 9, 8, 7, 6, 5)  # the lower lip's bottom, then the jaw below it
+
+
+def chin_band(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """Where a beard grows on the chin: between the lower lip (48, 54-59) and the jaw line (5-11)."""
+    return polygon_masks(landmarks, CHIN_BAND, size)
+
+
 def landmark_drift(before: np.ndarray, after: np.ndarray, exclude: tuple[int, ...] = ()) -> np.ndarray:
     """Mean displacement ``[B]`` of the landmarks not in ``exclude``, over the inter-ocular distance before."""
     keep = [i for i in range(before.shape[1]) if i not in set(exclude)]

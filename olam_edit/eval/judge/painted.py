@@ -68,4 +68,9 @@ def _moustache(draw: ImageDraw.ImageDraw, lm: np.ndarray, _px: np.ndarray) -> No
     draw.polygon([tuple(p) for p in lm[list(M.UPPER_LIP_BAND)]], fill=MOUSTACHE_COLOR)
 
 
-PAINTERS = {"glasses": _glasses, "mouth_close": _shut_mouth, "mouth_open": _open_mouth, "moustache": _moustache}
+def _beard(draw: ImageDraw.ImageDraw, lm: np.ndarray, _px: np.ndarray) -> None:
+    draw.polygon([tuple(p) for p in lm[list(M.CHIN_BAND)]], fill=MOUSTACHE_COLOR)
+
+
+PAINTERS = {"glasses": _glasses, "mouth_close": _shut_mouth, "mouth_open": _open_mouth, "moustache": _moustache,
+            "beard": _beard}
