@@ -19,13 +19,13 @@ def test_examples_ship_with_the_package() -> None:
     assert {"add_sunglasses", "close_mouth"} <= set(list_examples())
 
 
-@pytest.mark.parametrize("name", ["add_sunglasses", "close_mouth"])
+@pytest.mark.parametrize("name", ["add_sunglasses", "close_mouth", "add_beard", "add_moustache"])
 def test_curated_edit_is_local_on_heldout_seeds(gen, name: str, tmp_path) -> None:
     """Mean |change| inside the paste box (fixed before the edit was made) is >= 3x the change outside."""
     request, settings = load_example(name)
     rw = Rewriter(gen, request.layer, smoothness=settings["smoothness"], ridge=settings["ridge"],
                   cache_dir=str(tmp_path), progress=False)
-    edit = rw.rewrite(request)
+    edit = rw.rewrite(request).scaled(settings.get("strength", 1.0))  # as the example is shown
     first, last = settings["heldout"]
     seeds = list(range(first, last + 1))
     assert not set(seeds) & set(request.seeds)
