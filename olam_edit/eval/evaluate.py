@@ -192,10 +192,7 @@ def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds
     request, edit = _request_and_edit(edit_or_request)
     layer = request.layer if request is not None else edit.layers[0] if edit is not None else ""
     rw = rewriter or Rewriter(generator, layer, progress=progress)
-    if edit is None and request is not None:
-        edit = rw.rewrite(request).scaled(check_strength(strength))
-    if edit is None:
-        raise RequestError(explain("evaluate needs an edit or a request", got=type(edit_or_request).__name__))
+    edit = _solved(rw, request, edit, strength, edit_or_request)
     held = heldout_seeds(request, seeds)
     before = generator.images(held)
     reg = _region(rw, edit, layer, held, before.shape[-2:], region, quantile)
@@ -217,6 +214,15 @@ def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds
                        **({"strength": strength} if strength != 1.0 else {})}
     report.edit, report.models = edit, models
     return report
+
+
+def _solved(rw: Rewriter, request: EditRequest | None, edit: Edit | None, strength: float, given: object) -> Edit:
+    """The edit to measure: ``edit`` as given, else ``request`` solved by ``rw`` and scaled by ``strength``."""
+    if edit is None and request is not None:
+        edit = rw.rewrite(request).scaled(check_strength(strength))
+    if edit is None:
+        raise RequestError(explain("evaluate needs an edit or a request", got=type(given).__name__))
+    return edit
 
 
 def _run_settings(report: Report, steps: dict[str, int] | None, ran: bool) -> dict[str, Any]:
