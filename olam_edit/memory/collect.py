@@ -123,7 +123,7 @@ def collect_stats(
     rank, world = distributed.rank_and_world(handles[0].parameter.device)
     done = _load_cached(cache, fps) if cache and rank == 0 else {}
     if cache and world > 1:  # every rank must agree on what is left to collect
-        done = distributed.share_from_main(done, {h.name: SecondMoment(h.key_dim) for h in handles})
+        done = distributed.share_from_main(done, {h.name: SecondMoment(h.key_dim, h.parameter.device) for h in handles})
     todo = [h for h in handles if h.name not in done]
     if todo:
         done.update(_run(model, todo, batches, forward or _default_forward, fps, sampler, cache,

@@ -120,19 +120,13 @@ def from_launcher() -> Iterator[None]:
         _state["owned"] = False
 
 
-def _comm_device() -> torch.device:
-    """Where tensors must live for the group's collectives (the current CUDA device for nccl)."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def share_from_main(found: dict[str, SecondMoment], blanks: dict[str, SecondMoment]) -> dict[str, SecondMoment]:
     """Rank 0's ``found`` statistics on every rank (the other ranks pass ``found`` empty).
 
     Rank 0 alone reads the cache, so every rank agrees on what is still to collect even where ranks
     do not share a file system. ``blanks`` holds an empty SecondMoment per requested layer (of the
-    right dimension and device); the other ranks fill the ones rank 0 found. Returns ``found`` on
+    right dimension, on the model's device: the group's backend was chosen from that device, so its
+    collectives take tensors there); the other ranks fill the ones rank 0 found. Returns ``found`` on
     rank 0 and the filled blanks elsewhere.
     """
     header: list[object] = [{name: (sm.count, sm.manifest) for name, sm in found.items()}]
@@ -142,7 +136,7 @@ def share_from_main(found: dict[str, SecondMoment], blanks: dict[str, SecondMome
     out: dict[str, SecondMoment] = {}
     for name in sorted(meta):
         sm = found[name] if main else blanks[name]
-        buf = sm.sum.to(_comm_device())  # [d, d]
+        buf = sm.sum.to(blanks[name].sum.device)  # [d, d] where the backend's collectives run
         dist.broadcast(buf, src=0)
         if not main:
             sm.sum.copy_(buf)
