@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,6 @@ import torch
 from olam_edit.cli.common import command, parse_seeds
 from olam_edit.errors import OlamEditError, RequestError, explain
 from olam_edit.memory import distributed
-
-MAX_JUDGED_STRENGTH = 2.0  # the Space slider's top
 
 
 def _parse_region(text: str | None) -> str | tuple[int, ...] | None:
@@ -55,14 +52,13 @@ def _parse_steps(text: str) -> list[int]:
 
 
 def _parse_strengths(text: str) -> list[float]:
+    from olam_edit.eval.evaluate import MAX_STRENGTH, check_strength
+
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = [math.nan]
-    if not values or not all(0 < v <= MAX_JUDGED_STRENGTH for v in values):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"bad strength list {text!r}; use numbers in (0, {MAX_JUDGED_STRENGTH:g}], "
-                                         "e.g. 0.8,1.2")
-    return values
+        return [check_strength(float(v)) for v in text.split(",") if v.strip()] or [check_strength(None)]
+    except (ValueError, RequestError):
+        raise argparse.ArgumentTypeError(f"bad strength list {text!r}; use numbers in (0, {MAX_STRENGTH:g}], "
+                                         "e.g. 0.8,1.2") from None
 
 
 def _load_spec(spec: str) -> tuple[Any, dict[str, Any]]:

@@ -102,7 +102,7 @@ def check_strength(strength: Any) -> float:
     """``strength`` as a float in (0, MAX_STRENGTH] (an example's ``strength`` setting), else RequestError."""
     value = float(strength) if isinstance(strength, int | float) and not isinstance(strength, bool) else math.nan
     if not 0.0 < value <= MAX_STRENGTH:  # NaN fails too
-        raise RequestError(explain("the strength must be a number in (0, 2]", got=str(strength)[:40],
+        raise RequestError(explain(f"the strength must be a number in (0, {MAX_STRENGTH:g}]", got=str(strength)[:40],
                                    fix="Use 1 for the rewrite as solved."))
     return value
 
