@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from olam_edit import Edit
 from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.stages import Then
 from olam_edit.spaces_app.settings import HISTORY, PAGE
 
 
@@ -37,6 +38,7 @@ class Session:
     history: list[Entry] = field(default_factory=list)
     strength: float = 1.0
     rules: list[EditRequest] = field(default_factory=list)
+    then: tuple[str, Then] | None = None  # an example's second stage, used when rewriting at its first layer
 
     @property
     def current(self) -> Edit | None:
@@ -55,8 +57,9 @@ class Session:
         self.history = [*self.history, Entry(edit, label)][-HISTORY:]
 
     def clear_selections(self) -> None:
-        """Forget the context, copy and paste selections and an example's further pairs (the edits stay)."""
-        self.context, self.copy, self.paste, self.pairs = [], None, None, []
+        """Forget the context, copy and paste selections and an example's further pairs and second stage
+        (the edits stay)."""
+        self.context, self.copy, self.paste, self.pairs, self.then = [], None, None, [], None
 
 
 def history_text(session: Session) -> str:

@@ -29,6 +29,8 @@ from olam_edit.errors import (
 from olam_edit.hub.repo import looks_like_repo_id
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.rules.spatial.request import EditRequest, Selection
+from olam_edit.rules.spatial.rewriter import Rewriter
+from olam_edit.rules.spatial.stages import Then, solve_staged
 from olam_edit.spaces_app import zerogpu
 from olam_edit.spaces_app.checks import check_publish
 from olam_edit.spaces_app.generators import Models
@@ -118,19 +120,32 @@ class Studio:
         request = make_request(session, layer, rank)
         progress(0.1, "collecting key statistics (cached after the first time)")
         self.models.rewriter(session.model, layer, check_ridge(ridge))
-        progress(0.6, "solving the rewrite")
-        edit = zerogpu.call(self, "solve", session.model, [request], float(smoothness), check_ridge(ridge))
+        then = session.then[1] if session.then is not None and session.then[0] == layer else None
+        progress(0.6, "solving the rewrite" if then is None else f"solving the rewrite at {layer}, then {then.layer}")
+        edit = zerogpu.call(self, "solve", session.model, [request], float(smoothness), check_ridge(ridge), then)
         session.push(edit, describe(edit))
         return edit
 
-    def solve(self, spec: str, requests: list[EditRequest], smoothness: float, ridge: float) -> Edit:
-        """The edit of ``requests`` (one rule, or one layer's rules solved jointly) on the model ``spec``.
+    def solve(self, spec: str, requests: list[EditRequest], smoothness: float, ridge: float,
+              then: Then | None = None) -> Edit:
+        """The edit of ``requests`` (one rule, or one layer's rules solved jointly) on the model ``spec``;
+        with ``then`` (an example's second stage) one rule at two layers (:mod:`olam_edit.rules.spatial.stages`).
 
-        Pure GPU-bound work (no session, nothing changed but the shared caches): on ZeroGPU it runs in
-        the GPU worker (:mod:`olam_edit.spaces_app.zerogpu`)."""
+        Pure GPU-bound work (no session, nothing changed but the shared caches; a second stage applies the
+        first to the shared model and reverts it bit for bit, holding the model's lock, so no preview sees
+        it): on ZeroGPU it runs in the GPU worker (:mod:`olam_edit.spaces_app.zerogpu`)."""
         rewriter = self.models.rewriter(spec, requests[0].layer, ridge)
         with model_lock(rewriter.generator.model):  # the solve reads the shared weights a preview swaps
-            return rewriter.rewrite(list(requests), smoothness=smoothness)  # one rule: the same as rewrite(rule)
+            if then is None:
+                return rewriter.rewrite(list(requests), smoothness=smoothness)  # one rule: as rewrite(rule)
+            gen = rewriter.generator
+
+            def rewriter_for(layer: str) -> Rewriter:  # the second stage's statistics are of the edited model
+                return rewriter if layer == rewriter.layer else Rewriter(
+                    gen, layer, ridge=ridge, stats_samples=self.settings.stats_samples,
+                    cache_dir=self.settings.cache_dir, progress=False)
+
+            return solve_staged(gen, requests[0], then, rewriter_for, smoothness=smoothness)
 
     def add_rule(self, session: Session, layer: str, rank: int) -> EditRequest:
         """List the session's selections as one more rule for :meth:`rewrite_all` and clear them (the

@@ -124,7 +124,8 @@ def test_figure_aggregates_follow_from_their_per_seed_values() -> None:
         assert s["generality"] == pytest.approx(sum(hits) / len(hits))
         assert s["ratio"] == pytest.approx(s["in_region"] / s["collateral"])
     sweep = load_figure("sweep_add_sunglasses")
-    assert sweep["_per_seed"]["main.6 r1"] == fig["_per_seed"]["rewrite"]  # the same rewrite on the same seeds
+    assert sweep["_per_seed"]["seeds"] == fig["_per_seed"]["seeds"]  # the sweep's one-layer rows, on the same seeds
+    assert fig["_meta"]["then"] == load_example("add_sunglasses")[1]["then"]  # the rewrite is the curated two-layer one
 
 
 def test_tables_render_the_json() -> None:

@@ -17,7 +17,7 @@ from olam_edit.eval.figures import load_figure
 from olam_edit.eval.judge.picture import FACE_PX, LABEL_W
 from olam_edit.eval.judge.report import judge
 from olam_edit.rules.spatial.examples import load_example
-from olam_edit.rules.spatial.rewriter import Rewriter
+from olam_edit.rules.spatial.stages import solve_example
 
 JUDGED = ("add_sunglasses", "close_mouth", "close_mouth_pairs", "add_beard", "add_moustache")
 
@@ -37,8 +37,7 @@ def test_the_figure_reproduces_face_by_face_on_its_first_seeds(generator) -> Non
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the figure was made: the same pixels, bit for bit
     try:
-        edit = Rewriter(generator, request.layer, smoothness=settings["smoothness"], ridge=settings["ridge"],
-                        progress=False).rewrite(request)
+        edit = solve_example(generator, request, settings, progress=False)  # as the figure's command solves it
         rep = judge(generator.images(seeds), {"rewrite": generator.images(seeds, edit)}, settings["effect"], seeds,
                     painted=False, progress=False)
     finally:

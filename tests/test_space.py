@@ -594,3 +594,41 @@ def test_an_example_with_several_pairs_keeps_them_until_a_pair_is_painted(space:
     assert session.pairs == [] and not make_request(session, request.layer, request.rank).pairs
     session.clear_selections()
     assert session.pairs == [] and session.copy is None
+
+
+def test_a_two_stage_example_is_rewritten_at_both_layers_as_the_command_line_does(space: Space) -> None:
+    import torch
+
+    from olam_edit.rules.spatial.examples import load_example
+    from olam_edit.rules.spatial.rewriter import Rewriter
+    from olam_edit.rules.spatial.stages import parse_then, solve_staged
+    from olam_edit.spaces_app.panels.selections import SelectionHandlers
+    from olam_edit.spaces_app.session import Session
+
+    request, settings = load_example("add_sunglasses")
+    assert settings["then"]["layer"] == "main.12"
+    handlers, session = SelectionHandlers(space.studio), Session(model="default")
+    assert "then at main.12" in handlers.example("add_sunglasses", session)["status"]
+    before = {k: v.clone() for k, v in space.studio.generator(session).model.state_dict().items()}
+    edit = space.studio.rewrite(session, request.layer, request.rank, settings["smoothness"], settings["ridge"])
+    model = space.studio.generator(session).model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the shared model is as it was
+    gen, st = space.studio.generator(session), space.studio.settings
+    then = parse_then(settings, request.layer)
+
+    def rewriter_for(layer: str) -> Rewriter:  # the command line's rewriters, with the Space's sample count
+        return Rewriter(gen, layer, smoothness=settings["smoothness"], ridge=settings["ridge"],
+                        stats_samples=st.stats_samples,
+                        progress=False)
+
+    want = solve_staged(gen, request, then, rewriter_for)
+    assert edit.layers == want.layers == ["main.6", "main.12"]
+    for layer in edit.layers:
+        got, ref = edit.deltas[layer].dense(torch.float64), want.deltas[layer].dense(torch.float64)
+        assert torch.allclose(got, ref, rtol=0, atol=1e-6 * float(ref.abs().max()))
+    stroke = np.zeros((64, 64, 4), np.uint8)
+    stroke[20:30, 20:40] = 255
+    session.seed = 3
+    handlers.set_copy({"background": np.zeros((64, 64, 3), np.uint8), "layers": [stroke], "composite": None}, session)
+    assert session.then is None  # a painted rule of the visitor's own is rewritten at its layer only
+    assert space.studio.rewrite(session, request.layer, 1, 0.3, 0.1).layers == ["main.6"]

@@ -98,6 +98,33 @@ def _rewriter(gen: Any, layer: str, settings: dict[str, Any]) -> Any:
                     ridge=settings.get("ridge", DEFAULT_RIDGE))
 
 
+def _measure(gen: Any, obj: Any, settings: dict[str, Any], args: argparse.Namespace) -> Any:
+    """The evaluation report of ``obj`` (a request or an edit) with the example's ``settings``."""
+    from olam_edit.eval.evaluate import evaluate
+
+    layer = obj.layer if hasattr(obj, "layer") else obj.layers[0]
+    size = tuple(gen.images([0]).shape[-2:])
+    rewriter = _rewriter(gen, layer, settings)
+    report = evaluate(gen, obj, seeds=args.seeds, region=_region_mask(args.region, settings, size),
+                      baselines=not args.no_baselines, rewriter=rewriter,
+                      quantile=args.quantile, steps={"finetune_layer": args.steps, "finetune_all": args.steps},
+                      checkpoints=args.checkpoints, strength=settings.get("strength", 1.0),
+                      solved=_staged(gen, obj, settings, rewriter))
+    if settings.get("then") is not None:
+        report.settings["then"] = settings["then"]  # the figure says how the measured edit was made
+    return report
+
+
+def _staged(gen: Any, obj: Any, settings: dict[str, Any], rewriter: Any) -> Any:
+    """A two-stage example's edit (both layers, at its strength), else None (evaluate solves it)."""
+    from olam_edit.rules.spatial.request import EditRequest
+    from olam_edit.rules.spatial.stages import solve_example
+
+    if not isinstance(obj, EditRequest) or settings.get("then") is None:
+        return None
+    return solve_example(gen, obj, settings, first=rewriter)
+
+
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="an example name, a request JSON or an edit folder (or --interference)")
     _add_common(p)
@@ -134,7 +161,6 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 @command("evaluate", "measure an edit on held-out seeds against the paper's fine-tuning baselines")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from olam_edit.adapters import load_generator
-    from olam_edit.eval.evaluate import evaluate
     from olam_edit.eval.pictures import render_strips, save_picture
 
     if args.interference or (args.picture and not args.judge):
@@ -144,12 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                    "an edit folder, or --interference A B."))
     obj, settings = _load_spec(args.spec)
     gen = load_generator(args.model)
-    layer = obj.layer if hasattr(obj, "layer") else obj.layers[0]
-    size = tuple(gen.images([0]).shape[-2:])
-    report = evaluate(gen, obj, seeds=args.seeds, region=_region_mask(args.region, settings, size),
-                      baselines=not args.no_baselines, rewriter=_rewriter(gen, layer, settings),
-                      quantile=args.quantile, steps={"finetune_layer": args.steps, "finetune_all": args.steps},
-                      checkpoints=args.checkpoints, strength=settings.get("strength", 1.0))
+    report = _measure(gen, obj, settings, args)
     if not distributed.is_main_process():
         return 0  # under torchrun the other ranks only helped collect the statistics
     out = Path(args.out)

@@ -9,7 +9,6 @@ from typing import Any
 
 from olam_edit.cli.common import check_out, command, parse_seeds
 from olam_edit.memory import distributed
-from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
 
 HELDOUT_SEEDS = "1000-1015"
@@ -42,7 +41,7 @@ def _add_example(p: argparse.ArgumentParser) -> None:
 def cmd_example(args: argparse.Namespace) -> int:
     from olam_edit.adapters import load_default
     from olam_edit.rules.spatial.examples import list_examples, load_example
-    from olam_edit.rules.spatial.rewriter import Rewriter
+    from olam_edit.rules.spatial.stages import solve_example
 
     names = list_examples()
     if args.list:
@@ -52,14 +51,9 @@ def cmd_example(args: argparse.Namespace) -> int:
     request, settings = load_example(args.name or DEFAULT_EXAMPLE)
     out = Path(args.out)
     check_out(out, args.force)
-    at = f", strength {settings['strength']:g}" if settings.get("strength", 1.0) != 1.0 else ""
-    print(f"example {request.name!r}: {request.description} (layer {request.layer}, rank {request.rank}{at})")
+    print(f"example {request.name!r}: {request.description} ({_stages_text(request, settings)})")
     gen, t0 = load_default(), time.perf_counter()
-    rw = Rewriter(gen, request.layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS),
-                  ridge=settings.get("ridge", DEFAULT_RIDGE))
-    edit = rw.rewrite(request)
-    if settings.get("strength", 1.0) != 1.0:  # the strength the example is curated at (the Space sets it too)
-        edit = edit.scaled(settings["strength"])
+    edit = solve_example(gen, request, settings)  # both stages when it has them, at its curated strength
     if not distributed.is_main_process():
         return 0  # under torchrun the other ranks only helped collect the statistics
     _report(edit, time.perf_counter() - t0)
@@ -70,6 +64,18 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 cmd_example.configure = _add_example
+
+
+def _stages_text(request: Any, settings: dict[str, Any]) -> str:
+    """"layer main.6, rank 6" and, for a two-stage example, its second stage and the first's strength."""
+    from olam_edit.rules.spatial.stages import parse_then
+
+    text = f"layer {request.layer}, rank {request.rank}"
+    then = parse_then(settings, request.layer)
+    if then is not None:
+        text += f" at strength {then.first_strength:g}, then layer {then.layer}, rank {then.rank} solved on it"
+    at = settings.get("strength", 1.0)
+    return text + (f"; strength {at:g}" if at != 1.0 else "")
 
 
 def _smoothness(text: str) -> float:

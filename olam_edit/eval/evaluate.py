@@ -178,21 +178,21 @@ def evaluate(generator: Generator, edit_or_request: Edit | EditRequest, *, seeds
              region: Tensor | None = None, baselines: bool = True, rewriter: Rewriter | None = None,
              quantile: float = HEATMAP_QUANTILE, threshold: float = GENERALITY_THRESHOLD,
              steps: dict[str, int] | None = None, checkpoints: Sequence[int] = (), progress: bool = True,
-             strength: float = 1.0) -> Report:
+             strength: float = 1.0, solved: Edit | None = None) -> Report:
     """Measure a rewrite (and, with a request, the paper's baselines) on held-out seeds.
 
     ``region`` is a fixed mask ``[H, W]`` (or ``[B, H, W]``) at image resolution; by default it is
     the base model's context heatmap. Baselines need the request (an Edit's recipe serves); ``steps``
-    maps a baseline's name to its Adam steps (default :data:`DEFAULT_STEPS` each), and each baseline
-    is also scored after every step count in ``checkpoints`` below its own (``report.checkpoints``,
-    named ``"finetune_all@100"``). With ``progress`` each baseline shows a bar with its ETA.
-    ``strength`` scales the rewrite solved from a request (:meth:`Edit.scaled`, the Space's slider and
-    ``rewrite --scale``); a curated example records the strength it is shown at in its settings.
+    maps a baseline's name to its Adam steps (default :data:`DEFAULT_STEPS` each), each also scored
+    after every step count in ``checkpoints`` below its own (``report.checkpoints``, named
+    ``"finetune_all@100"``), with a progress bar and ETA when ``progress``. ``strength`` scales the
+    rewrite solved from a request (:meth:`Edit.scaled`, as the Space's slider does).
+    ``solved``: the request's rewrite made elsewhere (a two-stage example), measured as it is given.
     """
     request, edit = _request_and_edit(edit_or_request)
     layer = request.layer if request is not None else edit.layers[0] if edit is not None else ""
     rw = rewriter or Rewriter(generator, layer, progress=progress)
-    edit = _solved(rw, request, edit, strength, edit_or_request)
+    edit = _solved(rw, request, solved or edit, strength, edit_or_request)
     held = heldout_seeds(request, seeds)
     before = generator.images(held)
     reg = _region(rw, edit, layer, held, before.shape[-2:], region, quantile)

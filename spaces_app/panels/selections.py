@@ -9,6 +9,7 @@ import gradio as gr
 from olam_edit.errors import RequestError, explain
 from olam_edit.memory.directions import DEFAULT_RIDGE
 from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
+from olam_edit.rules.spatial.stages import parse_then
 from olam_edit.spaces_app.binding import MODEL_EVENTS, UI, bind
 from olam_edit.spaces_app.masks import selection
 from olam_edit.spaces_app.session import Session
@@ -31,12 +32,13 @@ class SelectionHandlers:
                 "status": message(f"{len(session.context)} context region(s).")}
 
     def set_copy(self, painter: Any, session: Session) -> dict[str, Any]:
-        session.copy, session.pairs = selection(painter, session.seed), []  # a new pair replaces an example's
+        # a painted pair replaces an example's pairs and second stage: the rule is the visitor's own now
+        session.copy, session.pairs, session.then = selection(painter, session.seed), [], None
         return {"session": session, "copy": self.studio.tray(session)[1],
                 "status": message(f"The copy region is set (sample #{session.copy.seed}).")}
 
     def set_paste(self, painter: Any, session: Session) -> dict[str, Any]:
-        session.paste, session.pairs = selection(painter, session.seed), []
+        session.paste, session.pairs, session.then = selection(painter, session.seed), [], None
         return {"session": session, "paste": self.studio.tray(session)[2],
                 "status": message(f"The paste region is set (sample #{session.paste.seed}).")}
 
@@ -59,8 +61,12 @@ class SelectionHandlers:
         request, settings = example(examples)
         session.context, session.copy, session.paste = list(request.context), request.copy, request.paste
         session.pairs = list(request.pairs)
+        then = parse_then(settings, request.layer)
+        session.then = (request.layer, then) if then is not None else None
         shown = dict(zip(SELECTIONS, self.studio.tray(session), strict=True))
         pairs = f" ({len(request.examples)} copy / paste pairs)" if request.pairs else ""
+        if then is not None:
+            pairs += f" (rewritten at {request.layer}, then at {then.layer} on top)"
         return {"session": session, "layer": request.layer, "rank": request.rank, **shown,
                 "smoothness": settings.get("smoothness", DEFAULT_SMOOTHNESS),
                 "ridge": settings.get("ridge", DEFAULT_RIDGE), "strength": settings.get("strength", 1.0),
