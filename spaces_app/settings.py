@@ -6,13 +6,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from olam_edit.edit.core import MAX_STRENGTH as MAX_STRENGTH  # the slider goes from 0 to this (one bound)
+
 DISPLAY = 256  # pixels: samples are shown (and painted) at this size
 PAGE = 16  # samples added by "Show more"
 MAX_SAMPLES = 128  # most samples in the gallery
 HEAT_LOW = 0.95  # the heatmap tint starts at this quantile of the rule's scores, full at the 99.9th
 HISTORY = 20  # edits a session keeps for undo
 MAX_RULES = 8  # rules a session lists for "Rewrite all" (one joint solve)
-MAX_STRENGTH = 2.0  # the strength slider goes from 0 to this
 TRAY = 24  # context thumbnails shown (a rule may have hundreds of context regions)
 COMPARE_FIRST_SEED = 1000  # before/after use held-out seeds from here
 MAX_UPLOAD_MB = 20.0

@@ -15,6 +15,8 @@ from olam_edit.files.fingerprint import cached_fingerprint
 from olam_edit.memory.delta import Delta
 from olam_edit.memory.handles import get_handle, handle_for
 
+MAX_STRENGTH = 2.0  # the strongest an edit is shown or curated at: the Space's slider top, an example's bound
+
 
 @dataclass
 class Edit:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from olam_edit.edit.core import Edit
+from olam_edit.edit.core import MAX_STRENGTH, Edit
 from olam_edit.errors import RequestError, explain
 from olam_edit.rules.generator import Generator
 from olam_edit.rules.spatial.request import EditRequest
@@ -37,7 +37,6 @@ from olam_edit.rules.spatial.tensors import RuleTensors
 
 DEFAULT_HELDOUT = range(10_000, 10_200)
 GENERALITY_THRESHOLD = 0.05  # mean |change| in the region, in [-1, 1] pixel units
-MAX_STRENGTH = 2.0  # an example's strength is at most the Space slider's top
 DEFAULT_STEPS = 2001  # Adam steps of each baseline, as the reference code's insert()
 BASELINES = ("finetune_layer", "finetune_all")
 

@@ -29,13 +29,11 @@ from typing import Any
 import torch
 
 from olam_edit.edit.apply import apply_edit, revert_edit
-from olam_edit.edit.core import Edit
+from olam_edit.edit.core import MAX_STRENGTH, Edit
 from olam_edit.errors import RequestError, explain
 from olam_edit.rules.generator import Generator
 from olam_edit.rules.spatial.request import EditRequest
 from olam_edit.rules.spatial.rewriter import Rewriter
-
-MAX_FIRST_STRENGTH = 2.0  # as the strength of an example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +62,8 @@ def parse_then(settings: dict[str, Any], first_layer: str) -> Then | None:
                                    expected=f"a layer name other than {first_layer!r}"))
     if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 64:
         raise RequestError(explain("the second stage's rank must be a whole number in [1, 64]", got=rank))
-    if not _is_number(fs) or not 0 < fs <= MAX_FIRST_STRENGTH:
-        raise RequestError(explain(f"first_strength must be a number in (0, {MAX_FIRST_STRENGTH:g}]", got=fs))
+    if not _is_number(fs) or not 0 < fs <= MAX_STRENGTH:
+        raise RequestError(explain(f"first_strength must be a number in (0, {MAX_STRENGTH:g}]", got=fs))
     if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 64:
         raise RequestError(explain("keep_top must be a whole number in [0, 64]", got=top))
     return Then(layer, rank, float(fs), top)
