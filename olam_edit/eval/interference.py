@@ -1,7 +1,9 @@
 """How two spatial rules of one layer interfere: each alone, jointly, one after the other, and one after
 the other with the first protected (``keep=``), measured on held-out seeds.
 
-The two rules are called A and B (curated examples, each with its own evaluation box). Every case is
+The two rules are called A and B (curated examples, each with its own evaluation box), each solved at its
+request's own layer: an example's second stage (``"then"``, :mod:`olam_edit.rules.spatial.stages`) is
+another layer's edit and not part of this measurement. Every case is
 compared with the base model on the same held-out seeds (:data:`olam_edit.eval.evaluate.DEFAULT_HELDOUT`
 without any seed either request uses), with the per-image measures of :func:`olam_edit.eval.evaluate.per_image`:
 
