@@ -1,8 +1,8 @@
 """One rule rewritten at two layers: the request's own layer first, then a finer one solved on top.
 
-A curated example may name a second stage in its settings::
+A curated example may name a second stage in its settings (``add_sunglasses.eval.json``)::
 
-    "then": {"layer": "main.12", "rank": 1, "first_strength": 0.5}
+    "then": {"layer": "main.12", "rank": 1, "first_strength": 0.6, "keep_top": 2}
 
 The first stage is the request as written (its layer and rank), scaled by ``first_strength``. It is
 applied to the model, the same request (same context, copy and paste) is solved again at the second
@@ -11,12 +11,13 @@ the first stage, and the first stage is reverted bit for bit. The result is one 
 the two deltas (on different layers), which applies, scales, saves and publishes like any edit.
 
 Why: at a coarse layer one value cell paints a large patch (``main.6`` of the face model: about
-10 x 10 pixels per cell), which gives the rule its shape (a band across the eyes) but spills; at the
-last layer a cell paints a few pixels, which makes the effect strong where it belongs at little cost
-to identity. ``first_strength`` < 1 lets the coarse stage only sketch the shape. Both stages use the
-rule's smoothness and ridge. ``keep_top`` (default 0) leaves the values of the second layer's leading
-key directions unchanged (:func:`keeping_top`): without it, a rank-1 change of the last layer also
-dims the whole picture a little, which brightness-based judges count as effect.
+10 x 10 pixels per cell), which gives the rule its shape (a band across the eyes) but spills; at a
+finer layer a cell paints fewer pixels (``main.9``: about 4 x 4; ``main.12``, the last: a few), which
+makes the effect strong where it belongs at little cost to identity. ``first_strength`` < 1 lets
+the coarse stage only sketch the shape. Both stages use the rule's smoothness and ridge. ``keep_top``
+(default 0) leaves the values of the second layer's leading key directions unchanged
+(:func:`keeping_top`): without it, a rank-1 change of the last layer also dims the whole picture a
+little, which brightness-based judges count as effect.
 """
 
 from __future__ import annotations
