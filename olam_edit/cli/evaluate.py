@@ -90,12 +90,10 @@ def _region_mask(region: Any, settings: dict[str, Any], size: tuple[int, int]) -
 
 
 def _rewriter(gen: Any, layer: str, settings: dict[str, Any]) -> Any:
-    from olam_edit.memory.directions import DEFAULT_RIDGE
-    from olam_edit.memory.solve import DEFAULT_SMOOTHNESS
-    from olam_edit.rules.spatial.rewriter import Rewriter
+    """A rewriter of ``layer`` with the example's smoothness and ridge (as ``olam-edit example`` builds it)."""
+    from olam_edit.rules.spatial.stages import example_rewriter
 
-    return Rewriter(gen, layer, smoothness=settings.get("smoothness", DEFAULT_SMOOTHNESS),
-                    ridge=settings.get("ridge", DEFAULT_RIDGE))
+    return example_rewriter(gen, settings)(layer)
 
 
 def _measure(gen: Any, obj: Any, settings: dict[str, Any], args: argparse.Namespace) -> Any:
