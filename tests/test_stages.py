@@ -68,6 +68,20 @@ def test_the_second_stage_is_solved_on_the_model_the_first_edited(gen, rule, cac
     assert set(norms) == {"main.6", "main.12"} and staged.manifest["metrics"]["relative_norm"] == max(norms.values())
 
 
+
+def test_a_second_stage_before_the_first_layer_is_solved_as_on_the_unedited_model(gen, rule, cache) -> None:
+    """main.3 comes before main.6: the first stage changes neither its keys nor its targets."""
+    request, settings = rule
+    make = _maker(gen, settings, cache)
+    staged = solve_staged(gen, request, Then("main.3", rank=2, first_strength=1.0), make)
+    assert staged.layers == ["main.6", "main.3"] and staged.deltas["main.3"].rank == 2
+    alone = make("main.3").rewrite(dataclasses.replace(request, layer="main.3", rank=2))
+    got = staged.deltas["main.3"].dense(torch.float64)  # [512, 256, 4, 4] as the layer's weight
+    want = alone.deltas["main.3"].dense(torch.float64)
+    assert torch.allclose(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))  # float32 forward passes
+    assert torch.allclose(staged.deltas["main.6"].dense(torch.float64),
+                          make("main.6").rewrite(request).deltas["main.6"].dense(torch.float64), rtol=0, atol=1e-7)
+
 def test_a_staged_solve_and_its_edit_leave_the_model_bit_for_bit(gen, rule, cache) -> None:
     request, settings = rule
     before = _weights(gen.model)

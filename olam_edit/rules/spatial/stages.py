@@ -1,4 +1,4 @@
-"""One rule rewritten at two layers: the request's own layer first, then a finer one solved on top.
+"""One rule rewritten at two layers: the request's own layer first, then a second one solved on top.
 
 A curated example may name a second stage in its settings (``add_sunglasses.eval.json``)::
 
@@ -14,7 +14,11 @@ Why: at a coarse layer one value cell paints a large patch (``main.6`` of the fa
 10 x 10 pixels per cell), which gives the rule its shape (a band across the eyes) but spills; at a
 finer layer a cell paints fewer pixels (``main.9``: about 4 x 4; ``main.12``, the last: a few), which
 makes the effect strong where it belongs at little cost to identity. ``first_strength`` < 1 lets
-the coarse stage only sketch the shape. Both stages use the rule's smoothness and ridge. ``keep_top``
+the coarse stage only sketch the shape. The second layer may also come *before* the first
+(``close_mouth_pairs``: ``main.6``, then ``main.3``, where one key cell covers about 16 x 16 pixels):
+the first stage changes neither its keys nor its targets, so it is solved as on the unedited model,
+and its change moves the face's geometry (the lips) that the first layer then sees as keys. Both
+stages use the rule's smoothness and ridge. ``keep_top``
 (default 0) leaves the values of the second layer's leading key directions unchanged
 (:func:`keeping_top`): without it, a rank-1 change of the last layer also dims the whole picture a
 little, which brightness-based judges count as effect.
