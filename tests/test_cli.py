@@ -170,4 +170,5 @@ def test_an_example_is_written_at_the_strength_it_is_curated_at(tmp_path) -> Non
     assert f"strength {settings['strength']:g}" in out.stdout
     edit = oe.Edit.load(tmp_path / "out" / "edit")
     assert edit.manifest["rule"].endswith(f"(strength {settings['strength']:g})")
-    assert [d.scale for d in edit.deltas.values()] == [settings["strength"]]
+    first_strength = settings["then"]["first_strength"]  # curated at two layers: main.6, then main.3
+    assert [d.scale for d in edit.deltas.values()] == [first_strength * settings["strength"], settings["strength"]]

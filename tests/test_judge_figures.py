@@ -101,3 +101,4 @@ def test_the_readme_judge_example_runs(capsys) -> None:
     exec(compile(python_block_after("<!-- judge-example -->"), "README judge example", "exec"), {})
     out = capsys.readouterr().out
     assert "32 copy / paste pairs" in out and "rewrite" in out and "painted" in out and "rank-1" in out
+    assert "main.3: rank 8" in out  # solved as curated, at both layers

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from olam_edit.eval.judge import measures as M
+from olam_edit.eval.judge.effects import OPEN_MOUTH
 from olam_edit.eval.judge.read import Faces, read_faces
 from olam_edit.rules.spatial.request import EditRequest, Selection
 
@@ -77,8 +78,9 @@ class Curation:
 
 EYES = M.RIGHT_EYE + M.LEFT_EYE
 CURATIONS: dict[str, Curation] = {
+    # pastes down to the judge's open threshold: slightly open mouths are the ones a rule fitted on wide ones misses
     "close_mouth_pairs": Curation("close_mouth_pairs", "closes open mouths (32 copy / paste pairs)", "mouth_close",
-                                  _mouth_opening, True, 0.03, 0.15, M.OUTER_LIP, (12, 30), M.OUTER_LIP, rank=8),
+                                  _mouth_opening, True, 0.03, OPEN_MOUTH, M.OUTER_LIP, (12, 30), M.OUTER_LIP, rank=8),
     "open_mouth": Curation("open_mouth", "opens closed mouths", "mouth_open", _mouth_opening, False, 0.2, 0.03,
                            M.OUTER_LIP, (12, 30), M.OUTER_LIP),
     "add_sunglasses": Curation("add_sunglasses", "adds dark sunglasses over the eyes", "glasses", _lens_darkness,
