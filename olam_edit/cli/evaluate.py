@@ -52,7 +52,7 @@ def _parse_steps(text: str) -> list[int]:
 
 
 def _parse_strengths(text: str) -> list[float]:
-    from olam_edit.eval.evaluate import MAX_STRENGTH, check_strength
+    from olam_edit.edit.core import MAX_STRENGTH, check_strength
 
     try:
         return [check_strength(float(v)) for v in text.split(",") if v.strip()] or [check_strength(None)]

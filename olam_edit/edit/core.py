@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,22 @@ from torch import nn
 from olam_edit._version import __version__
 from olam_edit.edit import apply, files, lora, merge, publish
 from olam_edit.edit.files import SCHEMA_VERSION, content_fingerprint
+from olam_edit.errors import RequestError, explain
 from olam_edit.files.fingerprint import cached_fingerprint
 from olam_edit.memory.delta import Delta
 from olam_edit.memory.handles import get_handle, handle_for
 
 MAX_STRENGTH = 2.0  # the strongest an edit is shown or curated at: the Space's slider top, an example's bound
+
+
+def check_strength(strength: Any, what: str = "the strength") -> float:
+    """``strength`` as a float in (0, MAX_STRENGTH] (an example's ``strength``, a stage's
+    ``first_strength``), else one RequestError naming ``what``."""
+    value = float(strength) if isinstance(strength, int | float) and not isinstance(strength, bool) else math.nan
+    if not 0.0 < value <= MAX_STRENGTH:  # NaN fails too
+        raise RequestError(explain(f"{what} must be a number in (0, {MAX_STRENGTH:g}]", got=str(strength)[:40],
+                                   fix="Use 1 for the rewrite as solved."))
+    return value
 
 
 @dataclass

@@ -18,7 +18,6 @@ compared with a stored run seed by seed. Images are in [-1, 1].
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from olam_edit.edit.core import MAX_STRENGTH, Edit
+from olam_edit.edit.core import Edit, check_strength
 from olam_edit.errors import RequestError, explain
 from olam_edit.rules.generator import Generator
 from olam_edit.rules.spatial.request import EditRequest
@@ -95,15 +94,6 @@ class Report:
 def scores_json(s: Scores) -> dict[str, float]:
     """A Scores as JSON: its fields and the ratio."""
     return {**asdict(s), "ratio": s.ratio}
-
-
-def check_strength(strength: Any) -> float:
-    """``strength`` as a float in (0, MAX_STRENGTH] (an example's ``strength`` setting), else RequestError."""
-    value = float(strength) if isinstance(strength, int | float) and not isinstance(strength, bool) else math.nan
-    if not 0.0 < value <= MAX_STRENGTH:  # NaN fails too
-        raise RequestError(explain(f"the strength must be a number in (0, {MAX_STRENGTH:g}]", got=str(strength)[:40],
-                                   fix="Use 1 for the rewrite as solved."))
-    return value
 
 
 def heldout_seeds(request: EditRequest | None, seeds: Sequence[int] | None = None) -> list[int]:

@@ -27,14 +27,13 @@ little, which brightness-based judges count as effect.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from olam_edit.edit.apply import apply_edit, revert_edit
-from olam_edit.edit.core import MAX_STRENGTH, Edit
+from olam_edit.edit.core import Edit, check_strength
 from olam_edit.errors import RequestError, explain
 from olam_edit.rules.generator import Generator
 from olam_edit.rules.spatial.request import EditRequest
@@ -67,15 +66,10 @@ def parse_then(settings: dict[str, Any], first_layer: str) -> Then | None:
                                    expected=f"a layer name other than {first_layer!r}"))
     if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 64:
         raise RequestError(explain("the second stage's rank must be a whole number in [1, 64]", got=rank))
-    if not _is_number(fs) or not 0 < fs <= MAX_STRENGTH:
-        raise RequestError(explain(f"first_strength must be a number in (0, {MAX_STRENGTH:g}]", got=fs))
+    fs = check_strength(fs, "first_strength")
     if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 64:
         raise RequestError(explain("keep_top must be a whole number in [0, 64]", got=top))
-    return Then(layer, rank, float(fs), top)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return Then(layer, rank, fs, top)
 
 
 RewriterFor = Callable[[str], Rewriter]  # layer -> a rewriter of the model as it is now
@@ -150,5 +144,5 @@ def solve_example(generator: Generator, request: EditRequest, settings: dict[str
     make = example_rewriter(generator, settings, progress=progress)
     edit = solve_staged(generator, request, parse_then(settings, request.layer),
                         lambda layer: first if first is not None and layer == request.layer else make(layer))
-    strength = settings.get("strength", 1.0)
+    strength = check_strength(settings.get("strength", 1.0))
     return edit if strength == 1.0 else edit.scaled(strength)
